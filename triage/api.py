@@ -1,0 +1,59 @@
+"""Pipeline API: token login and the PACS notification hook."""
+
+from __future__ import annotations
+
+from django.contrib.auth import authenticate
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.authtoken.models import Token
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from triage import services
+from triage.exceptions import TriageError
+
+
+class TokenCreateApi(APIView):
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+
+    class InputSerializer(serializers.Serializer):
+        username = serializers.CharField()
+        password = serializers.CharField(style={"input_type": "password"})
+
+    class OutputSerializer(serializers.Serializer):
+        token = serializers.CharField()
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        user = authenticate(request, **data.validated_data)
+        if user is None:
+            raise TriageError("Unknown username or wrong password.", code="invalid_credentials")
+        token, _ = Token.objects.get_or_create(user=user)
+        return Response({"token": token.key})
+
+
+class StudyNotifyApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        study_instance_uid = serializers.RegexField(r"^[0-9.]{1,64}$")
+        source = serializers.CharField(required=False, help_text="Source name; the default source if omitted")
+
+    class OutputSerializer(serializers.Serializer):
+        study_instance_uid = serializers.CharField()
+        job_state = serializers.CharField()
+
+    @extend_schema(request=InputSerializer, responses={202: OutputSerializer})
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        job = services.study_request_triage(
+            study_instance_uid=data.validated_data["study_instance_uid"],
+            source_name=data.validated_data.get("source"),
+            actor=request.user,
+        )
+        body = {"study_instance_uid": job.study.study_instance_uid, "job_state": job.state}
+        return Response(body, status=status.HTTP_202_ACCEPTED)

@@ -1,0 +1,329 @@
+"""The pipeline's data: users, PACS sources, studies and series, routing, jobs, results and the FHIR outbox."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Role(models.TextChoices):
+    RADIOLOGIST = "radiologist", "Radiologist"
+    ADMIN = "admin", "Admin"
+
+
+class Finding(models.TextChoices):
+    ICH = "ich", "Intracranial hemorrhage"
+    LVO = "lvo", "Large-vessel occlusion"
+
+
+class User(AbstractUser):
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.RADIOLOGIST)
+
+    @property
+    def is_triage_admin(self) -> bool:
+        return self.is_superuser or self.role == Role.ADMIN
+
+
+class AuditEvent(models.Model):
+    """Who did what, when. ``data`` holds identifiers and values, never patient data."""
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    action = models.CharField(max_length=64, db_index=True)
+    object_type = models.CharField(max_length=64, blank=True)
+    object_id = models.CharField(max_length=128, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["object_type", "object_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} {self.object_type}:{self.object_id}"
+
+
+class DicomWebSource(models.Model):
+    """A PACS reached over DICOMweb. Secrets are named environment variables, never stored here."""
+
+    name = models.CharField(max_length=64, unique=True)
+    url = models.URLField(max_length=500, help_text="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
+    username = models.CharField(max_length=128, blank=True)
+    password_env = models.CharField(
+        max_length=128, blank=True, help_text="Name of the environment variable that holds the password"
+    )
+    token_env = models.CharField(
+        max_length=128, blank=True, help_text="Name of the environment variable that holds a bearer token"
+    )
+    enabled = models.BooleanField(default=True)
+    poll_cursor = models.JSONField(default=dict, blank=True, help_text="Where incremental polling resumes")
+    last_polled_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Study(models.Model):
+    study_instance_uid = models.CharField(max_length=64, unique=True)
+    source = models.ForeignKey(DicomWebSource, null=True, blank=True, on_delete=models.SET_NULL)
+    accession_number = models.CharField(max_length=64, blank=True, db_index=True)
+    patient_id = models.CharField(max_length=64, blank=True)
+    patient_name = models.CharField(max_length=200, blank=True)
+    patient_birth_date = models.DateField(null=True, blank=True)
+    patient_age_years = models.PositiveSmallIntegerField(null=True, blank=True)
+    patient_sex = models.CharField(max_length=1, blank=True)
+    modalities = models.CharField(max_length=64, blank=True)
+    study_description = models.CharField(max_length=200, blank=True)
+    study_datetime = models.DateTimeField(null=True, blank=True)
+    requested_priority = models.CharField(
+        max_length=16, blank=True, help_text="Clinical urgency from the order or DICOM (STAT, HIGH, ROUTINE…)"
+    )
+    institution = models.CharField(max_length=128, blank=True)
+    manufacturer = models.CharField(max_length=64, blank=True)
+    manufacturer_model = models.CharField(max_length=64, blank=True)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "studies"
+
+    def __str__(self) -> str:
+        return self.study_instance_uid
+
+
+class Series(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series")
+    series_instance_uid = models.CharField(max_length=64, unique=True)
+    series_number = models.IntegerField(null=True, blank=True)
+    modality = models.CharField(max_length=16, blank=True)
+    description = models.CharField(max_length=200, blank=True)
+    body_part = models.CharField(max_length=64, blank=True)
+    slice_thickness_mm = models.FloatField(null=True, blank=True)
+    instance_count = models.PositiveIntegerField(null=True, blank=True)
+    contrast_agent = models.CharField(max_length=128, blank=True)
+    image_type = models.CharField(max_length=128, blank=True)
+    routed_model = models.CharField(max_length=8, choices=Finding.choices, blank=True)
+    routing_reason = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        verbose_name_plural = "series"
+
+    def __str__(self) -> str:
+        return self.series_instance_uid
+
+
+class ContrastRequirement(models.TextChoices):
+    ANY = "any", "Any"
+    REQUIRED = "required", "Contrast agent present"
+    ABSENT = "absent", "No contrast agent"
+
+
+class RoutingRule(models.Model):
+    """Sends a series to a model when every condition set on it matches. Lowest ``order`` is tried first."""
+
+    name = models.CharField(max_length=64, unique=True)
+    model = models.CharField(max_length=8, choices=Finding.choices)
+    order = models.PositiveIntegerField(default=100)
+    enabled = models.BooleanField(default=True)
+    modality = models.CharField(max_length=16, default="CT")
+    body_part_regex = models.CharField(max_length=200, blank=True, help_text="Case-insensitive regex")
+    description_regex = models.CharField(
+        max_length=200, blank=True, help_text="Case-insensitive regex on study and series descriptions"
+    )
+    exclude_description_regex = models.CharField(max_length=200, blank=True)
+    contrast = models.CharField(max_length=16, choices=ContrastRequirement.choices, default="any")
+    min_slice_thickness_mm = models.FloatField(null=True, blank=True)
+    max_slice_thickness_mm = models.FloatField(null=True, blank=True)
+    min_instances = models.PositiveIntegerField(null=True, blank=True)
+    require_image_type_original = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["order", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} → {self.model}"
+
+
+class ModelConfig(models.Model):
+    """The model that runs for a finding, and its site-wide operating point."""
+
+    finding = models.CharField(max_length=8, choices=Finding.choices, unique=True)
+    enabled = models.BooleanField(default=True)
+    name = models.CharField(max_length=64)
+    version = models.CharField(max_length=32)
+    weights_path = models.CharField(max_length=500, blank=True, help_text="Empty: the shipped weights")
+    weights_sha256 = models.CharField(max_length=64, blank=True)
+    threshold = models.FloatField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(threshold__gte=0) & Q(threshold__lte=1), name="modelconfig_threshold_0_1"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+class ThresholdOverride(models.Model):
+    """A per-source operating point that replaces the model's site-wide threshold."""
+
+    model = models.ForeignKey(ModelConfig, on_delete=models.CASCADE, related_name="overrides")
+    source = models.ForeignKey(DicomWebSource, on_delete=models.CASCADE, related_name="threshold_overrides")
+    threshold = models.FloatField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model", "source"], name="one_threshold_per_model_source"),
+            models.CheckConstraint(condition=Q(threshold__gte=0) & Q(threshold__lte=1), name="override_threshold_0_1"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} @ {self.source}: {self.threshold}"
+
+
+class JobState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    FETCHING = "fetching", "Fetching"
+    INFERRING = "inferring", "Inferring"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+    REJECTED = "rejected", "Rejected"
+
+
+ACTIVE_JOB_STATES = (JobState.FETCHING, JobState.INFERRING)
+FINAL_JOB_STATES = (JobState.DONE, JobState.FAILED, JobState.REJECTED)
+
+
+class TriageJob(models.Model):
+    """One study's trip through the pipeline. Claimed with a conditional update and held by a lease."""
+
+    study = models.OneToOneField(Study, on_delete=models.CASCADE, related_name="job")
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    available_at = models.DateTimeField(default=timezone.now, help_text="Not retried before this time")
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    timings = models.JSONField(default=dict, blank=True, help_text="Seconds per stage")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "available_at"])]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} {self.state}"
+
+
+class TriageResult(models.Model):
+    """One model's advisory output for one series. ``is_current`` marks the result in force."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="results")
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="results")
+    job = models.ForeignKey(TriageJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="results")
+    finding = models.CharField(max_length=8, choices=Finding.choices)
+    model_name = models.CharField(max_length=64)
+    model_version = models.CharField(max_length=32)
+    score = models.FloatField()
+    threshold = models.FloatField()
+    positive = models.BooleanField()
+    advisory = models.BooleanField(default=True, editable=False)
+    details = models.JSONField(
+        default=dict, blank=True, help_text="Localisation, key slice, subtype scores, side, timings"
+    )
+    key_image_png = models.BinaryField(null=True, blank=True)
+    is_current = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(score__gte=0) & Q(score__lte=1), name="result_score_0_1"),
+            models.CheckConstraint(condition=Q(advisory=True), name="result_always_advisory"),
+            models.UniqueConstraint(
+                fields=["study", "finding"], condition=Q(is_current=True), name="one_current_result_per_finding"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.finding} {self.score:.3f} ({self.model_name} {self.model_version})"
+
+
+class FhirAuth(models.TextChoices):
+    NONE = "none", "None"
+    BEARER = "bearer", "Bearer token"
+    BASIC = "basic", "Basic auth"
+    SMART = "smart", "SMART Backend Services"
+
+
+class FhirEndpoint(models.Model):
+    """An EMR that receives advisory DiagnosticReports. Secrets are named environment variables."""
+
+    name = models.CharField(max_length=64, unique=True)
+    base_url = models.URLField(max_length=500)
+    fhir_version = models.CharField(max_length=2, choices=[("R4", "R4"), ("R5", "R5")], default="R4")
+    enabled = models.BooleanField(default=True)
+    auth = models.CharField(max_length=8, choices=FhirAuth.choices, default=FhirAuth.NONE)
+    username = models.CharField(max_length=128, blank=True)
+    secret_env = models.CharField(
+        max_length=128, blank=True, help_text="Environment variable with the token, password or private key"
+    )
+    client_id = models.CharField(max_length=128, blank=True)
+    token_url = models.URLField(max_length=500, blank=True)
+    scope = models.CharField(max_length=255, blank=True, default="system/DiagnosticReport.write")
+    verify_tls = models.BooleanField(default=True)
+    timeout_seconds = models.FloatField(default=15.0)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class OutboxState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENDING = "sending", "Sending"
+    SENT = "sent", "Sent"
+    DEAD = "dead", "Dead letter"
+
+
+class OutboxMessage(models.Model):
+    """A report to deliver to one endpoint, written in the same transaction as the result it describes."""
+
+    endpoint = models.ForeignKey(FhirEndpoint, on_delete=models.CASCADE, related_name="messages")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="outbox_messages")
+    finding = models.CharField(max_length=8, choices=Finding.choices)
+    report_status = models.CharField(max_length=24, default="preliminary")
+    resource_id = models.CharField(max_length=64, help_text="Deterministic FHIR id of the DiagnosticReport")
+    payload = models.JSONField(help_text="The transaction Bundle to send")
+    state = models.CharField(max_length=16, choices=OutboxState.choices, default=OutboxState.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    operation_outcome = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "next_attempt_at"])]
+
+    def __str__(self) -> str:
+        return f"outbox {self.pk} {self.state}"
+
+
+class WorkerHeartbeat(models.Model):
+    """Each worker process (poller, task worker, outbox sender) updates its row while it runs."""
+
+    worker_id = models.CharField(max_length=128, unique=True)
+    kind = models.CharField(max_length=32)
+    last_seen = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.worker_id}"

@@ -1,0 +1,202 @@
+"""Settings for the triage platform, all read from the environment (see README, "Settings")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from triage.env import (
+    SettingError,
+    env_bool,
+    env_choice,
+    env_device,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("TRIAGE_DEBUG", False)
+_secret = env_str("SECRET_KEY")
+if _secret is None:
+    if not DEBUG:
+        raise SettingError("SECRET_KEY must be set (or TRIAGE_DEBUG=1 for a development key)")
+    _secret = "development-only-key-not-for-production"  # noqa: S105
+SECRET_KEY = _secret
+ALLOWED_HOSTS = env_list("TRIAGE_ALLOWED_HOSTS", "127.0.0.1,localhost")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "channels",
+    "django_tasks",
+    "django_tasks_db",
+    "triage",
+    "worklist",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "triage.urls"
+ASGI_APPLICATION = "triage.asgi.application"
+WSGI_APPLICATION = "triage.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database_from_url(url: str) -> dict:
+    parsed = urlparse(url)
+    if parsed.scheme not in {"postgres", "postgresql"}:
+        raise SettingError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (use postgres://)")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parsed.path.lstrip("/")),
+        "USER": unquote(parsed.username or ""),
+        "PASSWORD": unquote(parsed.password or ""),
+        "HOST": parsed.hostname or "",
+        "PORT": str(parsed.port or ""),
+        "CONN_MAX_AGE": 60,
+        "CONN_HEALTH_CHECKS": True,
+    }
+
+
+_database_url = env_str("DATABASE_URL")
+if _database_url:
+    DATABASES = {"default": _database_from_url(_database_url)}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": env_str("TRIAGE_SQLITE_PATH", str(BASE_DIR / "triage.sqlite3")),
+            "OPTIONS": {
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+            },
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "triage.User"
+
+_redis_url = env_str("REDIS_URL")
+if _redis_url:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [_redis_url], "capacity": 1500, "expiry": 30},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default", "ingest", "outbox"]}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "triage.exceptions.api_exception_handler",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "CT triage API",
+    "DESCRIPTION": "Advisory AI triage of CT studies. Every finding is advisory; a radiologist reads every study.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# Platform settings (CONTRACT.md).
+TRIAGE_HTTP_PORT = env_int("TRIAGE_HTTP_PORT", 8000, minimum=1)
+TRIAGE_DICOMWEB_URL = env_str("TRIAGE_DICOMWEB_URL")
+TRIAGE_DICOMWEB_USERNAME = env_str("TRIAGE_DICOMWEB_USERNAME")
+TRIAGE_DICOMWEB_PASSWORD = env_str("TRIAGE_DICOMWEB_PASSWORD")
+TRIAGE_DICOMWEB_TOKEN = env_str("TRIAGE_DICOMWEB_TOKEN")
+TRIAGE_FHIR_BASE_URL = env_str("TRIAGE_FHIR_BASE_URL")
+TRIAGE_FHIR_VERSION = env_choice("TRIAGE_FHIR_VERSION", "R4", ("R4", "R5"))
+TRIAGE_FHIR_TOKEN = env_str("TRIAGE_FHIR_TOKEN")
+TRIAGE_DEVICE = env_device("TRIAGE_DEVICE", "cpu")
+TRIAGE_MODEL_DIR = env_str("TRIAGE_MODEL_DIR")
+TRIAGE_POLL_SECONDS = env_float("TRIAGE_POLL_SECONDS", 10.0, minimum=0.1)
+
+# Operational knobs with safe defaults (README lists them).
+TRIAGE_MAX_SERIES_BYTES = env_int("TRIAGE_MAX_SERIES_BYTES", 1_500_000_000, minimum=1)
+TRIAGE_MAX_SERIES_INSTANCES = env_int("TRIAGE_MAX_SERIES_INSTANCES", 2000, minimum=1)
+TRIAGE_JOB_LEASE_SECONDS = env_int("TRIAGE_JOB_LEASE_SECONDS", 120, minimum=1)
+TRIAGE_JOB_MAX_ATTEMPTS = env_int("TRIAGE_JOB_MAX_ATTEMPTS", 6, minimum=1)
+TRIAGE_HTTP_TIMEOUT_SECONDS = env_float("TRIAGE_HTTP_TIMEOUT_SECONDS", 30.0, minimum=0.1)
+TRIAGE_MAX_WAIT_MINUTES = env_int("TRIAGE_MAX_WAIT_MINUTES", 60, minimum=1)
+TRIAGE_ACK_TIMEOUT_MINUTES = env_int("TRIAGE_ACK_TIMEOUT_MINUTES", 10, minimum=1)
+TRIAGE_VIEWER_URL = env_str("TRIAGE_VIEWER_URL", "")
+TRIAGE_ESCALATION_WEBHOOK_URL = env_str("TRIAGE_ESCALATION_WEBHOOK_URL")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("TRIAGE_LOG_LEVEL", "INFO")},
+    "loggers": {
+        # dicomweb-client logs request URLs with query parameters that can hold patient IDs.
+        "dicomweb_client": {"level": "WARNING"},
+        "urllib3": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,79 @@
+"""What radiologists see and do: worklist items, claims, acknowledgements and feedback."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class ItemStatus(models.TextChoices):
+    WAITING = "waiting", "Waiting"
+    IN_PROGRESS = "in_progress", "In progress"
+    REPORTED = "reported", "Reported"
+
+
+class WorklistItem(models.Model):
+    study = models.OneToOneField("triage.Study", on_delete=models.CASCADE, related_name="worklist_item")
+    status = models.CharField(max_length=16, choices=ItemStatus.choices, default=ItemStatus.WAITING)
+    ai_priority = models.FloatField(default=0.0, help_text="From the current AI findings")
+    urgency = models.PositiveSmallIntegerField(default=0, help_text="Clinical urgency: 0 routine … 3 STAT")
+    pinned_priority = models.IntegerField(null=True, blank=True, help_text="Set by hand; the AI never overrides it")
+    critical = models.BooleanField(default=False, help_text="A current AI finding is positive")
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="claims"
+    )
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    escalated_at = models.DateTimeField(null=True, blank=True)
+    reported_at = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "received_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(status="in_progress") | Q(claimed_by__isnull=False),
+                name="in_progress_item_has_claimer",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"item {self.pk} {self.status}"
+
+
+class Verdict(models.TextChoices):
+    AGREE = "agree", "Agree"
+    DISAGREE = "disagree", "Disagree"
+    UNSURE = "unsure", "Unsure"
+
+
+class Feedback(models.Model):
+    """A radiologist's one-click verdict on one AI finding, tied to the model version that made it."""
+
+    result = models.ForeignKey("triage.TriageResult", on_delete=models.CASCADE, related_name="feedback")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="feedback")
+    verdict = models.CharField(max_length=16, choices=Verdict.choices)
+    comment = models.TextField(blank=True, max_length=2000)
+    model_version = models.CharField(max_length=32)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["result", "user"], name="one_feedback_per_user_result")]
+
+    def __str__(self) -> str:
+        return f"{self.verdict} on result {self.result_id}"
+
+
+class WorklistEventCounter(models.Model):
+    """The WebSocket sequence number, incremented in the same transaction as each change."""
+
+    value = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return str(self.value)
