@@ -1,0 +1,41 @@
+"""``make test``: the whole suite on a private PostgreSQL cluster, then the database tests again on SQLite."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tools.postgres import PostgresCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTEST = [sys.executable, "-m", "pytest"]
+# The SQLite pass repeats the tests whose behaviour depends on the database engine.
+SQLITE_SELECTION = ["tests/triage", "tests/worklist", "-m", "not postgres_only and not browser and not slow"]
+
+
+def run_pytest(args: list[str], env: dict[str, str]) -> int:
+    print(f"\n=== pytest {' '.join(args)} ({'PostgreSQL' if 'DATABASE_URL' in env else 'SQLite'}) ===", flush=True)
+    return subprocess.run([*PYTEST, *args], cwd=ROOT, env=env, check=False).returncode
+
+
+def main(argv: list[str]) -> int:
+    base_env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
+    base_env.setdefault("TRIAGE_DEBUG", "1")
+    with tempfile.TemporaryDirectory(prefix="triage-pg-") as tmp:
+        os.chmod(tmp, 0o755)
+        cluster = PostgresCluster(Path(tmp) / "pg").start()
+        try:
+            code = run_pytest(argv, {**base_env, "DATABASE_URL": cluster.url})
+        finally:
+            cluster.stop()
+    if argv:
+        return code
+    sqlite_code = run_pytest(SQLITE_SELECTION, base_env)
+    return code or sqlite_code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
