@@ -28,9 +28,9 @@ def orthanc_server(service_dir: Path) -> Iterator:
 
 
 @pytest.fixture
-def orthanc(orthanc_server) -> Iterator:  # noqa: ANN001
+def orthanc(orthanc_server):  # noqa: ANN001, ANN201
     orthanc_server.clear()
-    yield orthanc_server
+    return orthanc_server
 
 
 @pytest.fixture(scope="session")

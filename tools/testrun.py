@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     base_env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     base_env.setdefault("TRIAGE_DEBUG", "1")
     with tempfile.TemporaryDirectory(prefix="triage-pg-") as tmp:
-        os.chmod(tmp, 0o755)
+        os.chmod(tmp, 0o755)  # noqa: S103 - the postgres user must reach its cluster inside
         cluster = PostgresCluster(Path(tmp) / "pg").start()
         try:
             code = run_pytest(argv, {**base_env, "DATABASE_URL": cluster.url})
