@@ -59,3 +59,12 @@ def study_request_triage(
     if created:
         audit_record(action="study.queued", actor=actor, obj=job, data={"source": getattr(source, "name", "")})
     return job
+
+
+def worker_heartbeat(*, worker_id: str, kind: str) -> None:
+    """Record that a worker process is alive; /readyz reads the newest beat."""
+    from django.utils import timezone
+
+    from triage.models import WorkerHeartbeat
+
+    WorkerHeartbeat.objects.update_or_create(worker_id=worker_id, defaults={"kind": kind, "last_seen": timezone.now()})
