@@ -4,7 +4,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := orthanc orthanc-dicomweb redis-server chromium postgresql
-export TRIAGE_DEBUG ?= 1
 
 .PHONY: demo test run bench lint format system-deps fhir-server venv clean
 
@@ -31,16 +30,16 @@ fhir-server:
 		cd tools/fhir-server && npm ci --silent --no-audit --no-fund; fi
 
 test: system-deps $(STAMP)
-	$(PY) -m tools.testrun
+	TRIAGE_DEBUG=1 $(PY) -m tools.testrun
 
 demo: system-deps $(STAMP)
-	$(PY) -m tools.demo
+	TRIAGE_DEBUG=1 $(PY) -m tools.demo
 
 run: $(STAMP)
 	$(PY) -m tools.run
 
 bench: system-deps $(STAMP)
-	$(PY) -m tools.bench
+	TRIAGE_DEBUG=1 $(PY) -m tools.bench
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
