@@ -327,3 +327,29 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.worker_id}"
+
+
+class GroundTruthSource(models.TextChoices):
+    CSV = "csv", "CSV import"
+    FEEDBACK = "feedback", "Radiologist feedback"
+    REPORT = "report", "Final report"
+
+
+class GroundTruth(models.Model):
+    """Whether a finding is truly present in a study, for local validation. One row per study, finding and source."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="ground_truth")
+    finding = models.CharField(max_length=8, choices=Finding.choices)
+    label = models.BooleanField(help_text="True: the finding is present")
+    source = models.CharField(max_length=16, choices=GroundTruthSource.choices)
+    imported_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "ground truth"
+        constraints = [
+            models.UniqueConstraint(fields=["study", "finding", "source"], name="one_ground_truth_per_source")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.finding} {'present' if self.label else 'absent'} ({self.source})"
