@@ -42,6 +42,16 @@ def redis_server(service_dir: Path) -> Iterator:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def fhir_server(service_dir: Path) -> Iterator:
+    """One in-memory FHIR R4 server (the EMR side) for the session; tests that need it empty call ``clear()``."""
+    from tools.fhirserver import FhirServer
+
+    server = FhirServer(service_dir / "fhir").start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def radiologist(db):  # noqa: ANN001, ANN201
     from tests.factories import UserFactory
