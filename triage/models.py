@@ -280,6 +280,18 @@ class FhirEndpoint(models.Model):
     scope = models.CharField(max_length=255, blank=True, default="system/DiagnosticReport.write")
     verify_tls = models.BooleanField(default=True)
     timeout_seconds = models.FloatField(default=15.0)
+    jwt_key_id = models.CharField(
+        max_length=128, blank=True, help_text="SMART Backend Services: the kid of the signing key in the JWKS"
+    )
+    patient_id_system = models.CharField(
+        max_length=255,
+        default="urn:ct-triage:dicom-patient-id",
+        help_text="Identifier system of the DICOM PatientID at this EMR (its MRN system URI)",
+    )
+    resolve_patient = models.BooleanField(
+        default=True,
+        help_text="Look the patient up by identifier before sending and add a literal reference when one matches",
+    )
 
     def __str__(self) -> str:
         return self.name
@@ -290,6 +302,7 @@ class OutboxState(models.TextChoices):
     SENDING = "sending", "Sending"
     SENT = "sent", "Sent"
     DEAD = "dead", "Dead letter"
+    SUPERSEDED = "superseded", "Superseded by a newer version"
 
 
 class OutboxMessage(models.Model):
@@ -300,10 +313,15 @@ class OutboxMessage(models.Model):
     finding = models.CharField(max_length=8, choices=Finding.choices)
     report_status = models.CharField(max_length=24, default="preliminary")
     resource_id = models.CharField(max_length=64, help_text="Deterministic FHIR id of the DiagnosticReport")
+    report_version = models.PositiveIntegerField(default=1, help_text="Counts up per endpoint and report")
+    reason = models.CharField(max_length=32, default="result")
+    content_hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 of the clinical content")
+    result_ids = models.JSONField(default=list, blank=True, help_text="The TriageResult rows the report describes")
     payload = models.JSONField(help_text="The transaction Bundle to send")
     state = models.CharField(max_length=16, choices=OutboxState.choices, default=OutboxState.PENDING)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
+    lease_owner = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     last_status_code = models.PositiveIntegerField(null=True, blank=True)
     last_error = models.TextField(blank=True)
@@ -313,6 +331,12 @@ class OutboxMessage(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["state", "next_attempt_at"])]
+        # Also the index the outbox uses to find a report's other versions.
+        constraints = [
+            models.UniqueConstraint(
+                fields=["endpoint", "resource_id", "report_version"], name="one_outbox_message_per_report_version"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"outbox {self.pk} {self.state}"
