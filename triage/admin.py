@@ -1,15 +1,132 @@
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models as db_models
+from django.http import HttpRequest, HttpResponse
 
-from triage import models
+from triage import models, services
+
+# Values of these fields never reach the audit trail; only the fact that they changed does.
+REDACTED_FIELD_SUFFIXES = ("password", "secret", "token", "private_key")
+
+
+def _audit_snapshot(obj: db_models.Model, exclude: tuple[str, ...]) -> dict[str, Any]:
+    """Editable field values as JSON-safe data (foreign keys and many-to-many as primary keys)."""
+    snap: dict[str, Any] = {}
+    for field in obj._meta.concrete_fields:
+        if not field.editable or field.primary_key or field.name in exclude:
+            continue
+        snap[field.name] = field.value_from_object(obj)
+    if obj.pk is not None:
+        for field in obj._meta.many_to_many:
+            if field.name not in exclude:
+                snap[field.name] = sorted(getattr(obj, field.name).values_list("pk", flat=True))
+    return json.loads(json.dumps(snap, cls=DjangoJSONEncoder))
+
+
+def _audit_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    changes = {}
+    for name in sorted(set(old) | set(new)):
+        before, after = old.get(name), new.get(name)
+        if before == after:
+            continue
+        if name.endswith(REDACTED_FIELD_SUFFIXES):
+            before, after = "(redacted)", "(changed)"
+        changes[name] = {"old": before, "new": after}
+    return changes
+
+
+class AuditedModelAdmin(admin.ModelAdmin):
+    """Writes an AuditEvent with old and new values for every add, change and delete made in the admin.
+
+    Django runs these hooks inside the change view's transaction, so the audit row commits with the change.
+    Fields in ``audit_exclude`` are audited by the service that writes them instead.
+    """
+
+    audit_exclude: tuple[str, ...] = ()
+
+    def _snapshot(self, obj: db_models.Model) -> dict[str, Any]:
+        return _audit_snapshot(obj, self.audit_exclude)
+
+    def _audit(self, request: HttpRequest, verb: str, obj: db_models.Model, changes: dict) -> None:
+        services.audit_record(
+            action=f"admin.{obj._meta.model_name}.{verb}",
+            actor=request.user,
+            obj=obj,
+            data={"changes": changes},
+        )
+
+    def save_model(self, request: HttpRequest, obj: db_models.Model, form: Any, change: bool) -> None:
+        stored = type(obj)._default_manager.filter(pk=obj.pk).first() if change else None
+        request._audit_before = self._snapshot(stored) if stored is not None else {}  # type: ignore[attr-defined]
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        obj = form.instance
+        obj.refresh_from_db()
+        changes = _audit_diff(getattr(request, "_audit_before", {}), self._snapshot(obj))
+        if changes:
+            self._audit(request, "change" if change else "add", obj, changes)
+
+    def delete_model(self, request: HttpRequest, obj: db_models.Model) -> None:
+        changes = _audit_diff(self._snapshot(obj), {})
+        self._audit(request, "delete", obj, changes)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        for obj in queryset:
+            self._audit(request, "delete", obj, _audit_diff(self._snapshot(obj), {}))
+        super().delete_queryset(request, queryset)
 
 
 @admin.register(models.User)
-class TriageUserAdmin(UserAdmin):
-    fieldsets = (*UserAdmin.fieldsets, ("Role", {"fields": ("role",)}))
-    list_display = ("username", "role", "is_active", "last_login")
+class TriageUserAdmin(AuditedModelAdmin, UserAdmin):
+    """Role is the one control for admin access: staff status follows it (services.user_role_set)."""
+
+    fieldsets = (
+        (None, {"fields": ("username", "password")}),
+        ("Personal info", {"fields": ("first_name", "last_name", "email")}),
+        ("Access", {"fields": ("role", "is_active", "is_staff", "is_superuser", "groups")}),
+        ("Important dates", {"fields": ("last_login", "date_joined")}),
+    )
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("username", "role", "password1", "password2")}),)
+    readonly_fields = ("is_staff", "is_superuser", "last_login", "date_joined")
+    list_display = ("username", "role", "is_staff", "is_active", "last_login")
+    list_filter = ("role", "is_active")
+    actions = ["make_admin", "make_radiologist"]
+    audit_exclude = ("role", "is_staff", "is_superuser", "last_login", "date_joined")
+
+    def save_model(self, request: HttpRequest, obj: models.User, form: Any, change: bool) -> None:
+        role = obj.role
+        if change and "role" in form.changed_data:
+            obj.role = type(obj).objects.only("role").get(pk=obj.pk).role
+        super().save_model(request, obj, form, change)
+        if not change or "role" in form.changed_data:
+            services.user_role_set(user=obj, role=role, actor=request.user)
+            obj.refresh_from_db()
+
+    def user_change_password(self, request: HttpRequest, id: str, form_url: str = "") -> HttpResponse:  # noqa: A002
+        response = super().user_change_password(request, id, form_url)
+        if request.method == "POST" and response.status_code == 302:
+            user = models.User.objects.get(pk=id)
+            self._audit(request, "change", user, {"password": {"old": "(redacted)", "new": "(changed)"}})
+        return response
+
+    @admin.action(description="Give the admin role (staff access)")
+    def make_admin(self, request: HttpRequest, queryset: Any) -> None:
+        for user in queryset:
+            services.user_role_set(user=user, role=models.Role.ADMIN, actor=request.user)
+
+    @admin.action(description="Give the radiologist role (no admin access)")
+    def make_radiologist(self, request: HttpRequest, queryset: Any) -> None:
+        for user in queryset:
+            services.user_role_set(user=user, role=models.Role.RADIOLOGIST, actor=request.user)
 
 
 @admin.register(models.AuditEvent)
@@ -26,7 +143,7 @@ class AuditEventAdmin(admin.ModelAdmin):
 
 
 @admin.register(models.DicomWebSource)
-class DicomWebSourceAdmin(admin.ModelAdmin):
+class DicomWebSourceAdmin(AuditedModelAdmin):
     list_display = ("name", "url", "enabled", "last_polled_at")
 
 
@@ -47,19 +164,77 @@ class SeriesInline(admin.TabularInline):
 
 @admin.register(models.Study)
 class StudyAdmin(admin.ModelAdmin):
+    """Read only: studies change through the pipeline's services, never by hand."""
+
     list_display = ("study_instance_uid", "accession_number", "study_description", "received_at")
     search_fields = ("study_instance_uid", "accession_number")
     inlines = [SeriesInline]
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
 
 @admin.register(models.RoutingRule)
-class RoutingRuleAdmin(admin.ModelAdmin):
+class RoutingRuleAdmin(AuditedModelAdmin):
     list_display = ("name", "model", "order", "enabled", "modality", "contrast")
 
 
 @admin.register(models.ModelConfig)
-class ModelConfigAdmin(admin.ModelAdmin):
+class ModelConfigAdmin(AuditedModelAdmin):
+    """A threshold edit goes through services.model_threshold_set, so it applies to open studies at once."""
+
     list_display = ("finding", "name", "version", "threshold", "enabled")
+    audit_exclude = ("threshold",)
+
+    def save_model(self, request: HttpRequest, obj: models.ModelConfig, form: Any, change: bool) -> None:
+        if not change or "threshold" not in form.changed_data:
+            super().save_model(request, obj, form, change)
+            return
+        threshold = obj.threshold
+        obj.threshold = type(obj).objects.only("threshold").get(pk=obj.pk).threshold
+        super().save_model(request, obj, form, change)
+        services.model_threshold_set(model_config=obj, threshold=threshold, actor=request.user)
+        obj.refresh_from_db()
+
+
+@admin.register(models.ThresholdOverride)
+class ThresholdOverrideAdmin(admin.ModelAdmin):
+    """Per-source operating points; every write goes through services.model_threshold_set, which audits it."""
+
+    list_display = ("model", "source", "threshold")
+    list_filter = ("model",)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return ("model", "source") if obj is not None else ()
+
+    def save_model(self, request: HttpRequest, obj: models.ThresholdOverride, form: Any, change: bool) -> None:
+        services.model_threshold_set(
+            model_config=obj.model, source=obj.source, threshold=obj.threshold, actor=request.user
+        )
+        obj.pk = models.ThresholdOverride.objects.get(model=obj.model, source=obj.source).pk
+
+    def delete_model(self, request: HttpRequest, obj: models.ThresholdOverride) -> None:
+        services.model_threshold_set(model_config=obj.model, source=obj.source, threshold=None, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        for obj in queryset.select_related("model", "source"):
+            self.delete_model(request, obj)
+
+
+@admin.register(models.GroundTruth)
+class GroundTruthAdmin(AuditedModelAdmin):
+    list_display = ("study", "finding", "label", "source", "imported_by", "created_at")
+    list_filter = ("finding", "source", "label")
+    raw_id_fields = ("study",)
+    readonly_fields = ("imported_by", "created_at")
+
+    def save_model(self, request: HttpRequest, obj: models.GroundTruth, form: Any, change: bool) -> None:
+        if not change:
+            obj.imported_by = request.user
+        super().save_model(request, obj, form, change)
 
 
 @admin.register(models.TriageJob)
@@ -70,12 +245,20 @@ class TriageJobAdmin(admin.ModelAdmin):
 
 @admin.register(models.TriageResult)
 class TriageResultAdmin(admin.ModelAdmin):
+    """Read only: results change through the pipeline and model_threshold_set, never by hand."""
+
     list_display = ("study", "finding", "model_name", "model_version", "score", "threshold", "positive")
     exclude = ("key_image_png",)
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
 
 @admin.register(models.FhirEndpoint)
-class FhirEndpointAdmin(admin.ModelAdmin):
+class FhirEndpointAdmin(AuditedModelAdmin):
     list_display = ("name", "base_url", "fhir_version", "auth", "enabled")
 
 
