@@ -205,7 +205,9 @@ class TriageJob(models.Model):
 
     study = models.OneToOneField(Study, on_delete=models.CASCADE, related_name="job")
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.QUEUED, db_index=True)
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0, help_text="Claims not ended by a PACS error (crashes count)")
+    pacs_failures = models.PositiveIntegerField(default=0, help_text="Consecutive retries because the PACS failed")
+    task_id = models.CharField(max_length=64, blank=True, help_text="The last task enqueued for this job")
     available_at = models.DateTimeField(default=timezone.now, help_text="Not retried before this time")
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)

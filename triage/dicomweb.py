@@ -1,0 +1,197 @@
+"""Talking to a PACS over DICOMweb: one client per source, our own retries, failures as PACS errors.
+
+Everything goes through the ``dicomweb_client.protocol.DICOMClient`` protocol, so tests can hand in any client.
+Messages and logs name the operation and the HTTP status only: request URLs carry query strings with patient
+identifiers, and headers carry credentials.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import requests
+from dicomweb_client import DICOMwebClient
+from dicomweb_client.protocol import DICOMClient
+from django.conf import settings
+from pydicom import Dataset
+
+from triage.exceptions import PacsError, TriageError
+from triage.models import DicomWebSource
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Ask for the stored transfer syntax and decode locally: Orthanc cannot transcode JPEG 2000 (CONTRACT.md).
+STORED_TRANSFER_SYNTAX = (("application/dicom", "*"),)
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class PacsNotFound(TriageError):
+    """The PACS answered that the study or series does not exist (any more)."""
+
+    code = "pacs_not_found"
+    status = 404
+
+
+class PacsRequestRejected(TriageError):
+    """The PACS refused the request itself (4xx): retrying the same request cannot help."""
+
+    code = "pacs_rejected"
+    status = 502
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 3
+    base_seconds: float = 0.5
+    max_seconds: float = 8.0
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with full jitter, so many workers do not retry in step."""
+        ceiling = min(self.max_seconds, self.base_seconds * 2**attempt)
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def _status_of(err: BaseException) -> int | None:
+    response = getattr(err, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _classify(err: BaseException, what: str) -> TriageError:
+    """Turn a transport error into our hierarchy; never copy ``str(err)``, which holds the URL."""
+    if isinstance(err, requests.Timeout):
+        return PacsError(f"{what}: the PACS did not answer in time.")
+    if isinstance(err, requests.ConnectionError):
+        return PacsError(f"{what}: the PACS cannot be reached.")
+    status = _status_of(err)
+    if status is None:
+        return PacsError(f"{what}: the PACS connection failed ({type(err).__name__}).")
+    if status in RETRYABLE_STATUSES:
+        return PacsError(f"{what}: the PACS answered HTTP {status}.")
+    if status == 404:
+        return PacsNotFound(f"{what}: the PACS has no such object (HTTP 404).")
+    return PacsRequestRejected(f"{what}: the PACS refused the request (HTTP {status}).")
+
+
+def _pacs_call(call: Callable[[], T], *, what: str, policy: RetryPolicy) -> T:
+    """Run ``call``, retrying timeouts, lost connections, 429 and 5xx with backoff; raise our errors."""
+    for attempt in range(policy.attempts):
+        try:
+            return call()
+        except (requests.RequestException, ValueError) as err:
+            error = _classify(err, what)
+            if not isinstance(error, PacsError) or attempt + 1 == policy.attempts:
+                raise error from None
+            delay = policy.delay(attempt)
+            logger.warning("%s failed (%s); retrying in %.1f s", what, error.code, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def session_for_source(source: DicomWebSource) -> requests.Session:
+    """A session with the source's credentials, read from the environment variables it names."""
+    session = requests.Session()
+    token = os.environ.get(source.token_env) if source.token_env else None
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
+    elif source.username:
+        password = os.environ.get(source.password_env, "") if source.password_env else ""
+        session.auth = (source.username, password)
+    return session
+
+
+def client_for_source(source: DicomWebSource) -> DICOMClient:
+    timeout = settings.TRIAGE_HTTP_TIMEOUT_SECONDS
+    client = DICOMwebClient(
+        url=source.url.rstrip("/"),
+        session=session_for_source(source),
+        timeout=(min(timeout, 10.0), timeout),
+    )
+    client.set_http_retry_params(retry=False)  # ours below: backoff with jitter, and errors without URLs
+    return client
+
+
+class Pacs:
+    """The reads the pipeline makes, each retried and translated into PACS errors."""
+
+    def __init__(self, client: DICOMClient, *, policy: RetryPolicy | None = None) -> None:
+        self.client = client
+        self.policy = policy or RetryPolicy(attempts=settings.TRIAGE_PACS_HTTP_ATTEMPTS)
+
+    @classmethod
+    def for_source(cls, source: DicomWebSource) -> Pacs:
+        return cls(client_for_source(source))
+
+    def search_studies(self, *, filters: dict[str, Any], limit: int, offset: int) -> list[dict]:
+        return _pacs_call(
+            lambda: self.client.search_for_studies(search_filters=filters, limit=limit, offset=offset),
+            what="study search",
+            policy=self.policy,
+        )
+
+    def study_exists(self, study_uid: str) -> bool:
+        found = self.search_studies(filters={"StudyInstanceUID": study_uid}, limit=1, offset=0)
+        return bool(found)
+
+    def series_metadata(self, study_uid: str, series_uid: str) -> list[dict]:
+        """Instance metadata (DICOM JSON, no pixel data) of every instance in a series."""
+        return _pacs_call(
+            lambda: self.client.retrieve_series_metadata(study_uid, series_uid),
+            what="series metadata",
+            policy=self.policy,
+        )
+
+    def search_series(self, study_uid: str) -> list[dict]:
+        return _pacs_call(
+            lambda: self.client.search_for_series(study_instance_uid=study_uid, get_remaining=True),
+            what="series search",
+            policy=self.policy,
+        )
+
+    def retrieve_series(self, study_uid: str, series_uid: str, *, max_instances: int | None = None) -> list[Dataset]:
+        """Every instance of one series in its stored transfer syntax, streamed part by part.
+
+        A stream that breaks half-way is retried from the start; ``max_instances`` stops a runaway series
+        before it fills memory.
+        """
+        return _pacs_call(
+            lambda: list(self._stream_series(study_uid, series_uid, max_instances)),
+            what="series retrieval",
+            policy=self.policy,
+        )
+
+    def _stream_series(self, study_uid: str, series_uid: str, max_instances: int | None) -> Iterator[Dataset]:
+        stream = self.client.iter_series(study_uid, series_uid, media_types=STORED_TRANSFER_SYNTAX)
+        for count, dataset in enumerate(stream, start=1):
+            if max_instances is not None and count > max_instances:
+                raise SeriesTooLarge(f"The series has more than {max_instances} instances.")
+            yield dataset
+
+
+class SeriesTooLarge(TriageError):
+    code = "series_too_large"
+    status = 422
+
+
+def json_value(item: dict, keyword_tag: str) -> Any:
+    """The first value of a DICOM JSON attribute (``keyword_tag`` is the 8-hex-digit tag), or None."""
+    element = item.get(keyword_tag) or {}
+    values = element.get("Value") or []
+    if not values:
+        return None
+    value = values[0]
+    if isinstance(value, dict) and "Alphabetic" in value:
+        return value["Alphabetic"]
+    return value
+
+
+def json_values(item: dict, keyword_tag: str) -> list[Any]:
+    element = item.get(keyword_tag) or {}
+    return list(element.get("Value") or [])
