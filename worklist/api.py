@@ -1,12 +1,176 @@
-"""Worklist API (issue 4 fills in claims, feedback and filters)."""
+"""Worklist REST API: one view per operation, thin (parse, call one service or selector, serialize)."""
 
 from __future__ import annotations
 
+from django.http import HttpResponse
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from triage.models import Finding
+from worklist import selectors, services
+from worklist.models import Verdict, WorklistItem
+from worklist.serializers import StudyDetailSerializer, WorklistItemSerializer
+
+
+def _item_response(item: WorklistItem) -> Response:
+    now = timezone.now()
+    fresh = selectors.worklist_item_for_payload(item_id=item.pk, now=now)
+    return Response(WorklistItemSerializer(fresh, context={"now": now}).data)
+
+
+class WorklistPagination(LimitOffsetPagination):
+    default_limit = 50
+    max_limit = 500
+
 
 class WorklistApi(APIView):
+    """The worklist in reading order. ``seq`` is the last event number the snapshot includes."""
+
+    class FilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=list(selectors.STATUS_FILTERS), default="open")
+        modality = serializers.CharField(required=False, max_length=16)
+        finding = serializers.ChoiceField(choices=Finding.values, required=False)
+        claimed_by = serializers.ChoiceField(choices=["me"], required=False)
+
+    @extend_schema(
+        parameters=[
+            FilterSerializer,
+            OpenApiParameter("limit", int, description="Page size (default 50, at most 500)"),
+            OpenApiParameter("offset", int),
+        ],
+        responses={
+            200: inline_serializer(
+                "WorklistPage",
+                {
+                    "count": serializers.IntegerField(),
+                    "next": serializers.CharField(allow_null=True),
+                    "previous": serializers.CharField(allow_null=True),
+                    "seq": serializers.IntegerField(),
+                    "max_wait_minutes": serializers.IntegerField(),
+                    "results": WorklistItemSerializer(many=True),
+                },
+            )
+        },
+    )
     def get(self, request: Request) -> Response:
-        return Response({"results": []})
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        now = timezone.now()
+        seq = selectors.worklist_seq()
+        items = selectors.worklist_items(
+            user=request.user,
+            status=filters.validated_data["status"],
+            modality=filters.validated_data.get("modality"),
+            finding=filters.validated_data.get("finding"),
+            claimed_by_me=filters.validated_data.get("claimed_by") == "me",
+            now=now,
+        )
+        paginator = WorklistPagination()
+        page = paginator.paginate_queryset(items, request, view=self)
+        for position, item in enumerate(page, start=paginator.offset + 1):
+            item.rank = position
+        data = WorklistItemSerializer(page, many=True, context={"now": now}).data
+        response = paginator.get_paginated_response(data)
+        response.data["seq"] = seq
+        response.data["max_wait_minutes"] = int(selectors.max_wait().total_seconds() // 60)
+        return response
+
+
+class StudyDetailApi(APIView):
+    """A study's series and current advisory findings. Opening it is audited."""
+
+    @extend_schema(responses={200: StudyDetailSerializer})
+    def get(self, request: Request, study_instance_uid: str) -> Response:
+        study = selectors.study_detail_get(study_instance_uid=study_instance_uid)
+        services.study_view_record(study=study, user=request.user)
+        verdicts = selectors.feedback_by_user(user=request.user, result_ids=[r.pk for r in study.current_results])
+        context = {"now": timezone.now(), "verdicts": verdicts}
+        return Response(StudyDetailSerializer(study, context=context).data)
+
+
+class _ItemActionApi(APIView):
+    service = None
+
+    @extend_schema(request=None, responses={200: WorklistItemSerializer})
+    def post(self, request: Request, study_instance_uid: str) -> Response:
+        item = type(self).service(study_instance_uid=study_instance_uid, user=request.user)
+        return _item_response(item)
+
+
+class ItemClaimApi(_ItemActionApi):
+    """Claim a study for reading. 409 when another radiologist holds it."""
+
+    service = staticmethod(services.worklist_item_claim)
+
+
+class ItemReleaseApi(_ItemActionApi):
+    """Give a claimed study back to the worklist."""
+
+    service = staticmethod(services.worklist_item_release)
+
+
+class ItemReportApi(_ItemActionApi):
+    """Mark a study as reported; it leaves the open worklist."""
+
+    service = staticmethod(services.worklist_item_report)
+
+
+class ItemAcknowledgeApi(_ItemActionApi):
+    """Acknowledge a critical (advisory) finding, which stops its escalation."""
+
+    service = staticmethod(services.worklist_item_acknowledge)
+
+
+class ItemPinApi(APIView):
+    """Pin a priority level by hand (0 routine … 4 critical), or null to let the rule decide again."""
+
+    class InputSerializer(serializers.Serializer):
+        level = serializers.IntegerField(min_value=0, max_value=4, allow_null=True)
+
+    @extend_schema(request=InputSerializer, responses={200: WorklistItemSerializer})
+    def post(self, request: Request, study_instance_uid: str) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        item = services.worklist_item_pin(
+            study_instance_uid=study_instance_uid, user=request.user, level=data.validated_data["level"]
+        )
+        return _item_response(item)
+
+
+class ResultFeedbackApi(APIView):
+    """One-click verdict on one advisory finding, recorded with the model version that produced it."""
+
+    class InputSerializer(serializers.Serializer):
+        verdict = serializers.ChoiceField(choices=Verdict.values)
+        comment = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
+
+    class OutputSerializer(serializers.Serializer):
+        result_id = serializers.IntegerField()
+        verdict = serializers.CharField()
+        comment = serializers.CharField()
+        model = serializers.CharField(source="model_name")
+        model_version = serializers.CharField()
+        updated_at = serializers.DateTimeField()
+
+    @extend_schema(request=InputSerializer, responses={200: OutputSerializer})
+    def post(self, request: Request, result_id: int) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        feedback = services.result_feedback_set(result_id=result_id, user=request.user, **data.validated_data)
+        return Response(self.OutputSerializer(feedback).data)
+
+
+class ResultKeyImageApi(APIView):
+    """The key image (PNG) with the model's heatmap overlay, marked as AI output."""
+
+    @extend_schema(responses={(200, "image/png"): bytes})
+    def get(self, request: Request, result_id: int) -> HttpResponse:
+        png = selectors.result_key_image(result_id=result_id)
+        response = HttpResponse(png, content_type="image/png")
+        response["Cache-Control"] = "private, max-age=3600"
+        return response

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 
@@ -20,7 +20,12 @@ class WorklistItem(models.Model):
     ai_priority = models.FloatField(default=0.0, help_text="From the current AI findings")
     urgency = models.PositiveSmallIntegerField(default=0, help_text="Clinical urgency: 0 routine … 3 STAT")
     pinned_priority = models.IntegerField(null=True, blank=True, help_text="Set by hand; the AI never overrides it")
+    pinned_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    sort_key = models.BigIntegerField(default=0, help_text="Reading order within a tier (worklist.priority)")
     critical = models.BooleanField(default=False, help_text="A current AI finding is positive")
+    critical_at = models.DateTimeField(null=True, blank=True, help_text="When the item last became critical")
     claimed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="claims"
     )
@@ -35,12 +40,31 @@ class WorklistItem(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        indexes = [models.Index(fields=["status", "received_at"])]
+        indexes = [
+            models.Index(fields=["status", "received_at"]),
+            # Serves the reading order (worklist.selectors) over the open items.
+            models.Index(
+                F("sort_key").desc(),
+                F("received_at").asc(),
+                F("id").asc(),
+                name="worklist_open_reading_order",
+                condition=Q(status__in=["waiting", "in_progress"]),
+            ),
+            models.Index(
+                fields=["critical_at"],
+                name="worklist_unacknowledged",
+                condition=Q(critical=True, acknowledged_at__isnull=True, escalated_at__isnull=True),
+            ),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=~Q(status="in_progress") | Q(claimed_by__isnull=False),
                 name="in_progress_item_has_claimer",
-            )
+            ),
+            models.CheckConstraint(
+                condition=Q(pinned_priority__isnull=True) | Q(pinned_priority__gte=0, pinned_priority__lte=4),
+                name="pinned_priority_0_4",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -60,8 +84,10 @@ class Feedback(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="feedback")
     verdict = models.CharField(max_length=16, choices=Verdict.choices)
     comment = models.TextField(blank=True, max_length=2000)
+    model_name = models.CharField(max_length=64, blank=True)
     model_version = models.CharField(max_length=32)
     created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["result", "user"], name="one_feedback_per_user_result")]

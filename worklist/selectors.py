@@ -1,0 +1,154 @@
+"""Reads for the worklist: the reading order as a database ordering, item payload queries, study detail."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import (
+    BooleanField,
+    Case,
+    Exists,
+    ExpressionWrapper,
+    IntegerField,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    When,
+)
+from django.utils import timezone
+
+from triage.exceptions import InvalidInput, NotFound
+from triage.models import Study, TriageResult, User
+from worklist.models import ItemStatus, WorklistEventCounter, WorklistItem
+
+OPEN_STATUSES = (ItemStatus.WAITING, ItemStatus.IN_PROGRESS)
+STATUS_FILTERS = {
+    "open": OPEN_STATUSES,
+    "waiting": (ItemStatus.WAITING,),
+    "in_progress": (ItemStatus.IN_PROGRESS,),
+    "reported": (ItemStatus.REPORTED,),
+    "all": tuple(ItemStatus.values),
+}
+READING_ORDER = ("-starving", "-sort_key", "received_at", "id")
+
+
+def max_wait() -> timedelta:
+    return timedelta(minutes=settings.TRIAGE_MAX_WAIT_MINUTES)
+
+
+def starving_expression(*, now: datetime) -> Case:
+    """The anti-starvation tier, computed in the query because it depends on the clock."""
+    cutoff = now - max_wait()
+    return Case(When(status=ItemStatus.WAITING, received_at__lt=cutoff, then=1), default=0, output_field=IntegerField())
+
+
+def current_results_prefetch(prefix: str = "study__") -> Prefetch:
+    """Current results without the PNG bytes; ``has_key_image`` says whether there is one."""
+    results = (
+        TriageResult.objects.filter(is_current=True)
+        .defer("key_image_png", "details")
+        .annotate(
+            has_key_image=ExpressionWrapper(Q(key_image_png__isnull=False), output_field=BooleanField()),
+        )
+        .order_by("finding", "id")
+    )
+    return Prefetch(f"{prefix}results", queryset=results, to_attr="current_results")
+
+
+def worklist_items(
+    *,
+    user: User,
+    status: str = "open",
+    modality: str | None = None,
+    finding: str | None = None,
+    claimed_by_me: bool = False,
+    now: datetime | None = None,
+) -> QuerySet[WorklistItem]:
+    """Items in reading order, with everything their payload needs. ``now`` fixes the starving tier."""
+    if status not in STATUS_FILTERS:
+        raise InvalidInput(f"Unknown status filter {status!r}; use one of {', '.join(STATUS_FILTERS)}.")
+    items = (
+        WorklistItem.objects.filter(status__in=STATUS_FILTERS[status])
+        .select_related("study", "claimed_by", "acknowledged_by")
+        .prefetch_related(current_results_prefetch())
+        .annotate(starving=starving_expression(now=now or timezone.now()))
+    )
+    if modality:
+        items = items.filter(study__modalities__icontains=modality)
+    if finding:
+        positive = TriageResult.objects.filter(
+            study_id=OuterRef("study_id"), finding=finding, is_current=True, positive=True
+        )
+        items = items.filter(Exists(positive))
+    if claimed_by_me:
+        items = items.filter(claimed_by=user)
+    return items.order_by(*READING_ORDER)
+
+
+def worklist_item_for_payload(*, item_id: int, now: datetime | None = None) -> WorklistItem:
+    item = (
+        WorklistItem.objects.select_related("study", "claimed_by", "acknowledged_by")
+        .prefetch_related(current_results_prefetch())
+        .annotate(starving=starving_expression(now=now or timezone.now()))
+        .get(pk=item_id)
+    )
+    item.rank = worklist_item_rank(item=item, now=now)
+    return item
+
+
+def worklist_item_rank(*, item: WorklistItem, now: datetime | None = None) -> int | None:
+    """Position of an open item in the full reading order (1 is read first); None once reported."""
+    if item.status not in OPEN_STATUSES:
+        return None
+    starving = getattr(item, "starving", None)
+    if starving is None:
+        starving = int(item.status == ItemStatus.WAITING and item.received_at < (now or timezone.now()) - max_wait())
+    same_key = Q(starving=starving, sort_key=item.sort_key)
+    ahead = (
+        Q(starving__gt=starving)
+        | Q(starving=starving, sort_key__gt=item.sort_key)
+        | (same_key & Q(received_at__lt=item.received_at))
+        | (same_key & Q(received_at=item.received_at, id__lt=item.pk))
+    )
+    open_items = WorklistItem.objects.filter(status__in=OPEN_STATUSES)
+    return open_items.annotate(starving=starving_expression(now=now or timezone.now())).filter(ahead).count() + 1
+
+
+def worklist_seq() -> int:
+    counter = WorklistEventCounter.objects.filter(pk=1).values_list("value", flat=True).first()
+    return counter or 0
+
+
+def study_detail_get(*, study_instance_uid: str) -> Study:
+    results = (
+        TriageResult.objects.filter(is_current=True)
+        .defer("key_image_png")
+        .annotate(has_key_image=ExpressionWrapper(Q(key_image_png__isnull=False), output_field=BooleanField()))
+    )
+    study = (
+        Study.objects.select_related("worklist_item", "worklist_item__claimed_by", "worklist_item__acknowledged_by")
+        .prefetch_related(
+            "series", Prefetch("results", queryset=results.order_by("finding"), to_attr="current_results")
+        )
+        .filter(study_instance_uid=study_instance_uid)
+        .first()
+    )
+    if study is None:
+        raise NotFound("No such study.")
+    return study
+
+
+def feedback_by_user(*, user: User, result_ids: list[int]) -> dict[int, str]:
+    from worklist.models import Feedback
+
+    rows = Feedback.objects.filter(user=user, result_id__in=result_ids).values_list("result_id", "verdict")
+    return dict(rows)
+
+
+def result_key_image(*, result_id: int) -> bytes:
+    png = TriageResult.objects.filter(pk=result_id).values_list("key_image_png", flat=True).first()
+    if not png:
+        raise NotFound("This result has no key image.")
+    return bytes(png)

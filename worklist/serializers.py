@@ -1,0 +1,211 @@
+"""Output shapes shared by the REST API and the WebSocket events (one source of truth for the payloads)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.conf import settings
+from django.urls import reverse
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from triage.models import TriageResult
+from worklist import priority
+from worklist.models import ItemStatus, WorklistItem
+from worklist.selectors import max_wait
+
+
+def key_image_url(result: TriageResult) -> str | None:
+    if not getattr(result, "has_key_image", False):
+        return None
+    return reverse("api-result-key-image", kwargs={"result_id": result.pk})
+
+
+def viewer_url(*, study_instance_uid: str, accession_number: str) -> str | None:
+    """The site's viewer link, from a template such as ``http://ohif/viewer?StudyInstanceUIDs={study_instance_uid}``."""
+    template = settings.TRIAGE_VIEWER_URL
+    if not template:
+        return None
+    return template.replace("{study_instance_uid}", study_instance_uid).replace("{accession_number}", accession_number)
+
+
+class FindingSerializer(serializers.Serializer):
+    """One model's current, advisory output for a study."""
+
+    id = serializers.IntegerField(help_text="Result id, for feedback and the key image")
+    model = serializers.CharField(source="model_name")
+    model_version = serializers.CharField()
+    finding = serializers.CharField()
+    finding_label = serializers.CharField(source="get_finding_display")
+    score = serializers.FloatField(help_text="0..1")
+    threshold = serializers.FloatField(help_text="The operating point in force when the result was stored")
+    positive = serializers.BooleanField(help_text="score ≥ threshold")
+    advisory = serializers.BooleanField(help_text="Always true: the AI output is advisory, not a diagnosis")
+    key_image_url = serializers.SerializerMethodField()
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_key_image_url(self, result: TriageResult) -> str | None:
+        return key_image_url(result)
+
+
+def _user_name(user) -> str | None:  # noqa: ANN001 - a User or None
+    return user.username if user is not None else None
+
+
+class WorklistItemSerializer(serializers.Serializer):
+    """A worklist row. ``starving``, ``sort_key``, ``received_at`` and ``id`` reproduce the reading order."""
+
+    id = serializers.IntegerField()
+    study_instance_uid = serializers.CharField(source="study.study_instance_uid")
+    accession_number = serializers.CharField(source="study.accession_number")
+    study_description = serializers.CharField(source="study.study_description")
+    modality = serializers.CharField(source="study.modalities")
+    requested_priority = serializers.CharField(source="study.requested_priority")
+    rank = serializers.SerializerMethodField(help_text="1 is read first; null once reported")
+    priority = serializers.SerializerMethodField(help_text="routine, high, asap, stat or critical")
+    priority_level = serializers.SerializerMethodField()
+    pinned = serializers.SerializerMethodField()
+    sort_key = serializers.IntegerField()
+    starving = serializers.SerializerMethodField(help_text="Waited past the cap: read before flagged studies")
+    status = serializers.ChoiceField(choices=ItemStatus.choices)
+    claimed_by = serializers.SerializerMethodField()
+    claimed_at = serializers.DateTimeField(allow_null=True)
+    received_at = serializers.DateTimeField()
+    waiting_seconds = serializers.SerializerMethodField()
+    starving_at = serializers.SerializerMethodField()
+    critical = serializers.BooleanField(help_text="A current AI finding is positive (advisory)")
+    critical_at = serializers.DateTimeField(allow_null=True)
+    acknowledged = serializers.SerializerMethodField()
+    acknowledged_by = serializers.SerializerMethodField()
+    acknowledged_at = serializers.DateTimeField(allow_null=True)
+    escalated = serializers.SerializerMethodField()
+    escalated_at = serializers.DateTimeField(allow_null=True)
+    reported_at = serializers.DateTimeField(allow_null=True)
+    findings = FindingSerializer(many=True, source="study.current_results")
+    key_image_url = serializers.SerializerMethodField()
+    viewer_url = serializers.SerializerMethodField()
+
+    def _now(self) -> datetime:
+        return self.context.get("now") or timezone.now()
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_rank(self, item: WorklistItem) -> int | None:
+        return getattr(item, "rank", None)
+
+    def _level(self, item: WorklistItem) -> int:
+        findings = [priority.FindingScore(r.score, r.positive) for r in item.study.current_results]
+        return priority.level_for(urgency=item.urgency, findings=findings, pinned_level=item.pinned_priority)
+
+    @extend_schema_field(serializers.CharField())
+    def get_priority(self, item: WorklistItem) -> str:
+        return priority.LEVEL_LABELS[self._level(item)]
+
+    @extend_schema_field(serializers.IntegerField())
+    def get_priority_level(self, item: WorklistItem) -> int:
+        return self._level(item)
+
+    @extend_schema_field(serializers.BooleanField())
+    def get_pinned(self, item: WorklistItem) -> bool:
+        return item.pinned_priority is not None
+
+    @extend_schema_field(serializers.BooleanField())
+    def get_starving(self, item: WorklistItem) -> bool:
+        if hasattr(item, "starving"):
+            return bool(item.starving)
+        return priority.is_starving(
+            received_at=item.received_at, now=self._now(), max_wait=max_wait(), waiting=item.status == "waiting"
+        )
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_claimed_by(self, item: WorklistItem) -> str | None:
+        return _user_name(item.claimed_by)
+
+    @extend_schema_field(serializers.IntegerField())
+    def get_waiting_seconds(self, item: WorklistItem) -> int:
+        end = item.reported_at or self._now()
+        return max(0, int((end - item.received_at).total_seconds()))
+
+    @extend_schema_field(serializers.DateTimeField())
+    def get_starving_at(self, item: WorklistItem) -> str:
+        return (item.received_at + max_wait()).isoformat()
+
+    @extend_schema_field(serializers.BooleanField())
+    def get_acknowledged(self, item: WorklistItem) -> bool:
+        return item.acknowledged_at is not None
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_acknowledged_by(self, item: WorklistItem) -> str | None:
+        return _user_name(item.acknowledged_by)
+
+    @extend_schema_field(serializers.BooleanField())
+    def get_escalated(self, item: WorklistItem) -> bool:
+        return item.escalated_at is not None
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_key_image_url(self, item: WorklistItem) -> str | None:
+        """The key image of the most suspicious finding that has one."""
+        with_image = [r for r in item.study.current_results if getattr(r, "has_key_image", False)]
+        if not with_image:
+            return None
+        best = max(with_image, key=lambda r: (r.positive, r.score))
+        return key_image_url(best)
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_viewer_url(self, item: WorklistItem) -> str | None:
+        return viewer_url(
+            study_instance_uid=item.study.study_instance_uid, accession_number=item.study.accession_number
+        )
+
+
+class SeriesSerializer(serializers.Serializer):
+    series_instance_uid = serializers.CharField()
+    series_number = serializers.IntegerField(allow_null=True)
+    modality = serializers.CharField()
+    description = serializers.CharField()
+    body_part = serializers.CharField()
+    slice_thickness_mm = serializers.FloatField(allow_null=True)
+    instance_count = serializers.IntegerField(allow_null=True)
+    routed_model = serializers.CharField()
+    routing_reason = serializers.CharField()
+
+
+class StudyFindingSerializer(FindingSerializer):
+    series_instance_uid = serializers.CharField(source="series.series_instance_uid")
+    created_at = serializers.DateTimeField()
+    key_slice = serializers.SerializerMethodField()
+    side = serializers.SerializerMethodField()
+    my_verdict = serializers.SerializerMethodField(help_text="Your feedback on this result, if any")
+
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
+    def get_key_slice(self, result: TriageResult) -> int | None:
+        return (result.details or {}).get("key_slice")
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_side(self, result: TriageResult) -> str | None:
+        return (result.details or {}).get("side")
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_my_verdict(self, result: TriageResult) -> str | None:
+        return self.context.get("verdicts", {}).get(result.pk)
+
+
+class StudyDetailSerializer(serializers.Serializer):
+    study_instance_uid = serializers.CharField()
+    accession_number = serializers.CharField()
+    study_description = serializers.CharField()
+    modalities = serializers.CharField()
+    study_datetime = serializers.DateTimeField(allow_null=True)
+    requested_priority = serializers.CharField()
+    received_at = serializers.DateTimeField()
+    series = SeriesSerializer(many=True, source="series.all")
+    findings = StudyFindingSerializer(many=True, source="current_results")
+    item = serializers.SerializerMethodField()
+
+    @extend_schema_field(WorklistItemSerializer(allow_null=True))
+    def get_item(self, study) -> dict | None:  # noqa: ANN001 - a Study
+        item = getattr(study, "worklist_item", None)
+        if item is None:
+            return None
+        item.study = study
+        return WorklistItemSerializer(item, context=self.context).data
