@@ -1,0 +1,669 @@
+"""The DICOM instances of one CT series to a float32 Hounsfield-unit volume with its geometry.
+
+Headers are checked before any pixel is decoded, so a series that is too large, incomplete or inconsistent is
+rejected cheaply. Every rejection is a :class:`VolumeError` with a stable ``code`` and a message an admin can act on;
+messages name instances by their place in the input and their Instance Number, never by patient data or UIDs.
+
+Codes:
+
+- ``corrupt_file``: unreadable or truncated file, or pixel data that fails to decode.
+- ``missing_pixel_data``: an instance without Pixel Data.
+- ``unsupported_transfer_syntax``: a transfer syntax outside :data:`SUPPORTED_TRANSFER_SYNTAXES`.
+- ``unsupported_image``: colour, floating-point or multi-frame images without per-frame geometry.
+- ``invalid_header``: a required attribute (rows, position, orientation, pixel spacing, rescale) missing or malformed.
+- ``not_ct``: a modality outside the ones asked for.
+- ``mixed_orientation``: slices with different orientations.
+- ``inconsistent_geometry``: rows, columns or pixel spacing differ, or the slice spacing is irregular.
+- ``duplicate_slices``: two different images at the same position. Exact copies (the same SOP Instance UID, or
+  identical pixel data and rescale) are dropped instead, because a PACS that sends an instance twice has not
+  changed the series.
+- ``missing_slices``: a step between neighbouring slices over ``gap_tolerance`` times the median step.
+- ``too_few_slices``: fewer slices than ``min_slices`` after duplicates are dropped.
+- ``series_too_large``: more instances than ``max_instances``, or a volume over ``max_bytes``.
+
+Slices are sorted along the slice normal (row cosines × column cosines), so ``hu[0]`` is the slice with the lowest
+position along the normal; for axial images with the usual orientation that is the most inferior slice.
+Gantry tilt is accepted and reported in ``meta["gantry_tilt_deg"]``; the volume is then stacked along the normal
+without shearing.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.pixels import get_decoder
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_TRANSFER_SYNTAXES: dict[str, str] = {
+    "1.2.840.10008.1.2": "Implicit VR Little Endian",
+    "1.2.840.10008.1.2.1": "Explicit VR Little Endian",
+    "1.2.840.10008.1.2.1.99": "Deflated Explicit VR Little Endian",
+    "1.2.840.10008.1.2.2": "Explicit VR Big Endian",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless, First-Order Prediction",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 Lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.4.201": "HTJ2K Lossless",
+    "1.2.840.10008.1.2.4.202": "HTJ2K Lossless RPCL",
+    "1.2.840.10008.1.2.4.203": "HTJ2K",
+    "1.2.840.10008.1.2.5": "RLE Lossless",
+}
+NATIVE_TRANSFER_SYNTAXES = frozenset(
+    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"}
+)
+
+ORIENTATION_TOLERANCE = 1e-3  # per direction cosine
+PIXEL_SPACING_TOLERANCE = 1e-3  # relative
+SAME_POSITION_MM = 1e-2
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_READ_ERRORS = (
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    OverflowError,
+    TypeError,
+    AttributeError,
+    struct.error,
+    BytesLengthException,
+)
+_ITEM_TAG_LE = b"\xfe\xff\x00\xe0"
+
+
+class VolumeError(Exception):
+    """A series that cannot become a volume. ``code`` is stable; ``message`` holds no patient data."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Volume:
+    """HU voxels indexed (z, y, x) with the geometry that maps them to patient coordinates (LPS, mm).
+
+    Voxel (k, j, i) lies at ``origin + k·spacing_z·normal + j·spacing_y·column + i·spacing_x·row``.
+    """
+
+    hu: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    orientation: tuple[float, float, float, float, float, float]
+    slice_positions: tuple[float, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.hu.shape  # type: ignore[return-value]
+
+    @property
+    def normal(self) -> np.ndarray:
+        row, col = np.asarray(self.orientation[:3]), np.asarray(self.orientation[3:])
+        return np.cross(row, col)
+
+    def patient_position(self, z: float, y: float, x: float) -> np.ndarray:
+        """Patient coordinates (mm) of a voxel index, for key-image and localisation output."""
+        row, col = np.asarray(self.orientation[:3]), np.asarray(self.orientation[3:])
+        dz, dy, dx = self.spacing_mm
+        return np.asarray(self.origin) + z * dz * self.normal + y * dy * col + x * dx * row
+
+
+@dataclass
+class _Frame:
+    """One 2-D image of the series: a single-frame instance or one frame of an enhanced multi-frame instance."""
+
+    ds: Dataset
+    frame: int | None
+    label: str
+    rows: int
+    columns: int
+    pixel_spacing: tuple[float, float]
+    orientation: np.ndarray
+    ipp: np.ndarray
+    slope: float
+    intercept: float
+    position: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading and per-instance checks
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def read_dataset(data: bytes | bytearray | memoryview | str | os.PathLike[str]) -> Dataset:
+    """Parse one DICOM Part 10 file (bytes or a path) and check it can give pixels, without decoding them."""
+    raw = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else Path(data).read_bytes()
+    try:
+        ds = pydicom.dcmread(io.BytesIO(raw))
+    except InvalidDicomError:
+        ds = _read_without_preamble(raw)
+    except _READ_ERRORS as err:
+        raise VolumeError("corrupt_file", f"The file could not be read as DICOM ({type(err).__name__}).") from err
+    if len(ds) == 0:
+        raise VolumeError("corrupt_file", "The file holds no data set after its file meta information.")
+    _check_ends_on_an_element(ds, len(raw))
+    validate_instance(ds, label="the file")
+    return ds
+
+
+def _read_without_preamble(raw: bytes) -> Dataset:
+    """Some senders omit the 128-byte preamble; accept them only when file meta information follows."""
+    if not raw.startswith(b"\x02\x00"):
+        raise VolumeError("corrupt_file", "The file is not DICOM: it has no DICOM preamble or file meta information.")
+    try:
+        return pydicom.dcmread(io.BytesIO(raw), force=True)
+    except (InvalidDicomError, *_READ_ERRORS) as err:
+        raise VolumeError("corrupt_file", f"The file could not be read as DICOM ({type(err).__name__}).") from err
+
+
+def _check_ends_on_an_element(ds: Dataset, size: int) -> None:
+    """A file cut inside an element header leaves a few bytes pydicom skips silently after the last element."""
+    ends = [
+        elem.value_tell + elem.length
+        for elem in (ds.get_item(tag) for tag in ds.keys())  # noqa: SIM118 - keeps elements raw
+        if isinstance(elem, RawDataElement) and elem.length != _UNDEFINED_LENGTH and elem.value_tell is not None
+    ]
+    syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
+    if not ends or syntax == "1.2.840.10008.1.2.1.99":  # deflated: positions refer to the inflated stream
+        return
+    if 0 < size - max(ends) < 8:
+        raise VolumeError("corrupt_file", "The file is truncated.")
+
+
+def validate_instance(ds: Dataset, *, label: str = "the instance") -> None:
+    """Header checks that need no decoding: transfer syntax, pixel data present, complete and grayscale."""
+    _check_not_truncated(ds, label)
+    if getattr(ds, "file_meta", None) is not None:
+        _check_not_truncated(ds.file_meta, label)
+    syntax = _transfer_syntax(ds, label)
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise VolumeError("unsupported_image", f"{_cap(label)} has floating-point pixel data, not CT values.")
+        raise VolumeError("missing_pixel_data", f"{_cap(label)} has no pixel data.")
+    samples = _int_attr(ds, "SamplesPerPixel", label, default=1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if samples != 1 or photometric not in {"MONOCHROME1", "MONOCHROME2"}:
+        raise VolumeError(
+            "unsupported_image",
+            f"{_cap(label)} is a colour image (Photometric Interpretation {photometric or 'missing'}); "
+            "CT slices must be MONOCHROME1 or MONOCHROME2.",
+        )
+    bits = _int_attr(ds, "BitsAllocated", label)
+    if bits not in (8, 16, 32):
+        raise VolumeError("unsupported_image", f"{_cap(label)} has {bits} bits allocated; 8, 16 or 32 are supported.")
+    rows, columns = _int_attr(ds, "Rows", label), _int_attr(ds, "Columns", label)
+    if rows <= 0 or columns <= 0:
+        raise VolumeError("invalid_header", f"{_cap(label)} has an empty image ({rows}×{columns}).")
+    _check_pixel_data_length(ds, syntax, rows * columns * _frames(ds) * bits // 8, label)
+
+
+def _check_not_truncated(ds: Dataset, label: str) -> None:
+    """pydicom stops quietly at the end of a short file; an element shorter than its declared length is the sign."""
+    # Iterating the Dataset itself would convert every element; keys() and get_item() keep them raw.
+    for tag in ds.keys():  # noqa: SIM118
+        elem = ds.get_item(tag)
+        if _is_short(elem):
+            raise VolumeError("corrupt_file", f"{_cap(label)} is truncated.")
+
+
+def _is_short(elem: Any) -> bool:
+    if not isinstance(elem, RawDataElement) or elem.length == _UNDEFINED_LENGTH or elem.value is None:
+        return False
+    return len(elem.value) < elem.length
+
+
+def _transfer_syntax(ds: Dataset, label: str) -> str:
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")).strip() if meta is not None else ""
+    if not syntax:
+        raise VolumeError("corrupt_file", f"{_cap(label)} has no transfer syntax in its file meta information.")
+    if syntax not in SUPPORTED_TRANSFER_SYNTAXES:
+        name = pydicom.uid.UID(syntax).name
+        raise VolumeError("unsupported_transfer_syntax", f'Transfer syntax "{name}" is not supported.')
+    return syntax
+
+
+def _check_pixel_data_length(ds: Dataset, syntax: str, expected: int, label: str) -> None:
+    value = ds.get_item("PixelData")
+    length = len(value.value) if value is not None and value.value is not None else 0
+    if syntax in NATIVE_TRANSFER_SYNTAXES:
+        if length < expected:
+            raise VolumeError("corrupt_file", f"{_cap(label)} has truncated pixel data ({length} of {expected} bytes).")
+        return
+    data = bytes(value.value) if value is not None else b""
+    if not _items_fill(data):
+        raise VolumeError("corrupt_file", f"{_cap(label)} has truncated or malformed compressed pixel data.")
+
+
+def _items_fill(data: bytes) -> bool:
+    """Encapsulated pixel data is a basic offset table and fragments, each an item whose length fits exactly."""
+    offset, items = 0, 0
+    while offset + 8 <= len(data) and data[offset : offset + 4] == _ITEM_TAG_LE:
+        offset += 8 + int.from_bytes(data[offset + 4 : offset + 8], "little")
+        items += 1
+    return items >= 2 and offset == len(data)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Assembly
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def check_series_size(
+    *, instances: int, rows: int, columns: int, max_bytes: int | None = None, max_instances: int | None = None
+) -> None:
+    """Reject a series from its counts alone, e.g. from QIDO-RS attributes before anything is downloaded."""
+    _check_instance_count(instances, max_instances)
+    nbytes = instances * rows * columns * 4
+    if max_bytes is not None and nbytes > max_bytes:
+        raise VolumeError(
+            "series_too_large",
+            f"The volume would take {_mib(nbytes)} ({instances} × {rows} × {columns} float32); "
+            f"the limit is {_mib(max_bytes)}.",
+        )
+
+
+def assemble_volume(
+    datasets: Sequence[Dataset],
+    *,
+    max_bytes: int | None = None,
+    max_instances: int | None = None,
+    min_slices: int = 3,
+    modalities: Sequence[str] | None = ("CT",),
+    gap_tolerance: float = 1.5,
+) -> Volume:
+    """Sort, check and decode one series into a float32 HU volume (z, y, x).
+
+    ``max_bytes`` bounds the float32 volume; ``modalities=None`` accepts any modality (tests use MR files).
+    """
+    _check_instance_count(len(datasets), max_instances)
+    _check_size_from_headers(datasets, max_bytes)
+    frames: list[_Frame] = []
+    syntaxes: set[str] = set()
+    for index, ds in enumerate(datasets):
+        label = _instance_label(ds, index)
+        validate_instance(ds, label=label)
+        _check_modality(ds, modalities, label)
+        syntaxes.add(str(ds.file_meta.TransferSyntaxUID))
+        frames.extend(_frames_of(ds, label))
+    if not frames:
+        raise VolumeError("too_few_slices", "The series has no images.")
+    row, col, normal = _common_orientation(frames)
+    _check_common_grid(frames)
+    for frame in frames:
+        frame.position = float(np.dot(frame.ipp, normal))
+    frames.sort(key=lambda f: f.position)
+    frames, dropped = _drop_exact_duplicates(frames)
+    if len(frames) < min_slices:
+        raise VolumeError(
+            "too_few_slices", f"The series has {len(frames)} distinct slice(s); at least {min_slices} are needed."
+        )
+    spacing_z = _slice_spacing(frames, gap_tolerance)
+    hu = _decode_all(frames)
+    first = frames[0]
+    return Volume(
+        hu=hu,
+        spacing_mm=(spacing_z, first.pixel_spacing[0], first.pixel_spacing[1]),
+        origin=tuple(float(v) for v in first.ipp),  # type: ignore[arg-type]
+        orientation=tuple(float(v) for v in (*row, *col)),  # type: ignore[arg-type]
+        slice_positions=tuple(f.position for f in frames),
+        meta=_meta(datasets, frames, syntaxes, dropped, normal),
+    )
+
+
+def _check_size_from_headers(datasets: Sequence[Dataset], max_bytes: int | None) -> None:
+    if max_bytes is None:
+        return
+    total = 0
+    for ds in datasets:
+        try:
+            total += int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * _frames(ds) * 4
+        except (TypeError, ValueError):
+            continue  # validate_instance names the broken attribute
+    if total > max_bytes:
+        raise VolumeError(
+            "series_too_large",
+            f"The volume would take {_mib(total)} as float32 ({len(datasets)} instances); "
+            f"the limit is {_mib(max_bytes)}.",
+        )
+
+
+def _check_instance_count(instances: int, max_instances: int | None) -> None:
+    if max_instances is not None and instances > max_instances:
+        raise VolumeError("series_too_large", f"The series has {instances} images; the limit is {max_instances}.")
+
+
+def _check_modality(ds: Dataset, modalities: Sequence[str] | None, label: str) -> None:
+    if modalities is None:
+        return
+    modality = str(ds.get("Modality", "")).strip().upper()
+    if modality not in {m.upper() for m in modalities}:
+        raise VolumeError(
+            "not_ct", f"{_cap(label)} has modality {modality or '(none)'}; expected {', '.join(modalities)}."
+        )
+
+
+def _frames_of(ds: Dataset, label: str) -> list[_Frame]:
+    count = _frames(ds)
+    if count == 1 and "PerFrameFunctionalGroupsSequence" not in ds:
+        return [_single_frame(ds, label)]
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        raise VolumeError(
+            "unsupported_image", f"{_cap(label)} has {count} frames without per-frame positions (not enhanced CT)."
+        )
+    return _enhanced_frames(ds, label, count)
+
+
+def _single_frame(ds: Dataset, label: str) -> _Frame:
+    slope, intercept = _rescale(ds, label)
+    return _Frame(
+        ds=ds,
+        frame=None,
+        label=label,
+        rows=_int_attr(ds, "Rows", label),
+        columns=_int_attr(ds, "Columns", label),
+        pixel_spacing=_floats(ds, "PixelSpacing", 2, label),  # type: ignore[arg-type]
+        orientation=np.asarray(_floats(ds, "ImageOrientationPatient", 6, label)),
+        ipp=np.asarray(_floats(ds, "ImagePositionPatient", 3, label)),
+        slope=slope,
+        intercept=intercept,
+    )
+
+
+def _enhanced_frames(ds: Dataset, label: str, count: int) -> list[_Frame]:
+    """Enhanced CT keeps geometry and rescale in functional groups, per frame or shared by all frames."""
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) != count:
+        raise VolumeError(
+            "invalid_header", f"{_cap(label)} has {count} frames but {len(per_frame)} per-frame functional groups."
+        )
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    shared_item = shared[0] if shared else Dataset()
+    frames = []
+    for index, item in enumerate(per_frame):
+        frame_label = f"frame {index + 1} of {label}"
+        spacing = _group_attr(item, shared_item, "PixelMeasuresSequence", "PixelSpacing", 2, frame_label)
+        orientation = _group_attr(
+            item, shared_item, "PlaneOrientationSequence", "ImageOrientationPatient", 6, frame_label
+        )
+        ipp = _group_attr(item, shared_item, "PlanePositionSequence", "ImagePositionPatient", 3, frame_label)
+        slope, intercept = _group_rescale(item, shared_item, ds, frame_label)
+        frames.append(
+            _Frame(
+                ds=ds,
+                frame=index,
+                label=frame_label,
+                rows=_int_attr(ds, "Rows", label),
+                columns=_int_attr(ds, "Columns", label),
+                pixel_spacing=spacing,  # type: ignore[arg-type]
+                orientation=np.asarray(orientation),
+                ipp=np.asarray(ipp),
+                slope=slope,
+                intercept=intercept,
+            )
+        )
+    return frames
+
+
+def _group_attr(item: Dataset, shared: Dataset, sequence: str, keyword: str, count: int, label: str) -> tuple:
+    for group in (item, shared):
+        seq = group.get(sequence)
+        if seq and keyword in seq[0]:
+            return _floats(seq[0], keyword, count, label)
+    raise VolumeError("invalid_header", f"{_cap(label)} has no {_attr_name(keyword)}.")
+
+
+def _group_rescale(item: Dataset, shared: Dataset, ds: Dataset, label: str) -> tuple[float, float]:
+    for group in (item, shared):
+        seq = group.get("PixelValueTransformationSequence")
+        if seq:
+            return _rescale(seq[0], label)
+    return _rescale(ds, label)
+
+
+def _common_orientation(frames: list[_Frame]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    reference = frames[0].orientation
+    for frame in frames[1:]:
+        if np.max(np.abs(frame.orientation - reference)) > ORIENTATION_TOLERANCE:
+            raise VolumeError(
+                "mixed_orientation",
+                f"{_cap(frame.label)} has orientation {_fmt(frame.orientation)}, "
+                f"unlike {frames[0].label} ({_fmt(reference)}).",
+            )
+    row, col = reference[:3], reference[3:]
+    row_norm, col_norm = float(np.linalg.norm(row)), float(np.linalg.norm(col))
+    if abs(row_norm - 1) > 1e-2 or abs(col_norm - 1) > 1e-2 or abs(float(np.dot(row, col))) > 1e-2:
+        raise VolumeError(
+            "invalid_header", f"Image Orientation (Patient) {_fmt(reference)} is not two orthogonal unit vectors."
+        )
+    row, col = row / row_norm, col / col_norm
+    normal = np.cross(row, col)
+    return row, col, normal / np.linalg.norm(normal)
+
+
+def _check_common_grid(frames: list[_Frame]) -> None:
+    first = frames[0]
+    for frame in frames[1:]:
+        if (frame.rows, frame.columns) != (first.rows, first.columns):
+            raise VolumeError(
+                "inconsistent_geometry",
+                f"{_cap(frame.label)} is {frame.rows}×{frame.columns} pixels; "
+                f"{first.label} is {first.rows}×{first.columns}.",
+            )
+        if not np.allclose(frame.pixel_spacing, first.pixel_spacing, rtol=PIXEL_SPACING_TOLERANCE, atol=0):
+            raise VolumeError(
+                "inconsistent_geometry",
+                f"{_cap(frame.label)} has pixel spacing {_fmt(frame.pixel_spacing)} mm; "
+                f"{first.label} has {_fmt(first.pixel_spacing)} mm.",
+            )
+
+
+def _drop_exact_duplicates(frames: list[_Frame]) -> tuple[list[_Frame], int]:
+    """Keep one of each exact copy; two different images at one position cannot be stacked."""
+    kept = [frames[0]]
+    for frame in frames[1:]:
+        previous = kept[-1]
+        if frame.position - previous.position > SAME_POSITION_MM:
+            kept.append(frame)
+            continue
+        if not _same_image(frame, previous):
+            raise VolumeError(
+                "duplicate_slices",
+                f"{_cap(previous.label)} and {frame.label} are different images at the same position "
+                f"({frame.position:.2f} mm along the slice normal).",
+            )
+    return kept, len(frames) - len(kept)
+
+
+def _same_image(a: _Frame, b: _Frame) -> bool:
+    uid_a, uid_b = a.ds.get("SOPInstanceUID"), b.ds.get("SOPInstanceUID")
+    if a.frame is None and b.frame is None and uid_a and uid_a == uid_b:
+        return True
+    if a.frame is not None or b.frame is not None:
+        return False  # frames of enhanced instances share one Pixel Data element; compare them decoded
+    same_rescale = (a.slope, a.intercept) == (b.slope, b.intercept)
+    return same_rescale and a.ds.PixelData == b.ds.PixelData
+
+
+def _slice_spacing(frames: list[_Frame], gap_tolerance: float) -> float:
+    if len(frames) == 1:
+        thickness = frames[0].ds.get("SpacingBetweenSlices") or frames[0].ds.get("SliceThickness")
+        return float(thickness) if thickness else 1.0
+    positions = np.fromiter((f.position for f in frames), dtype=np.float64, count=len(frames))
+    steps = np.diff(positions)
+    median = float(np.median(steps))
+    narrowest = int(np.argmin(steps))
+    if steps[narrowest] * gap_tolerance < median:
+        raise VolumeError(
+            "inconsistent_geometry",
+            f"The slice spacing is irregular: {steps[narrowest]:.2f} mm between {frames[narrowest].label} and "
+            f"{frames[narrowest + 1].label}, {median:.2f} mm elsewhere.",
+        )
+    widest = int(np.argmax(steps))
+    if steps[widest] > gap_tolerance * median:
+        missing = round(steps[widest] / median) - 1
+        raise VolumeError(
+            "missing_slices",
+            f"Slices are missing between {frames[widest].label} and {frames[widest + 1].label}: a gap of "
+            f"{steps[widest]:.2f} mm where the slices are {median:.2f} mm apart (about {max(missing, 1)} missing).",
+        )
+    return median
+
+
+def _decode_all(frames: list[_Frame]) -> np.ndarray:
+    """Decode into one preallocated float32 array, rescaling each slice in place (no float64 copy)."""
+    first = frames[0]
+    hu = np.empty((len(frames), first.rows, first.columns), dtype=np.float32)
+    for index, frame in enumerate(frames):
+        pixels = _decode_frame(frame)
+        target = hu[index]
+        if frame.slope == 1.0:
+            target[...] = pixels
+        else:
+            np.multiply(pixels, np.float32(frame.slope), out=target, casting="unsafe")
+        if frame.intercept != 0.0:
+            target += np.float32(frame.intercept)
+    return hu
+
+
+def _decode_frame(frame: _Frame) -> np.ndarray:
+    syntax = frame.ds.file_meta.TransferSyntaxUID
+    try:
+        pixels, _ = get_decoder(syntax).as_array(frame.ds, index=frame.frame)
+    except (ValueError, RuntimeError, NotImplementedError, EOFError, KeyError, IndexError) as err:
+        raise VolumeError(
+            "corrupt_file", f"The pixel data of {frame.label} could not be decoded ({type(err).__name__})."
+        ) from err
+    if pixels.shape != (frame.rows, frame.columns):
+        raise VolumeError(
+            "corrupt_file",
+            f"The pixel data of {frame.label} decoded to {pixels.shape}, not {frame.rows}×{frame.columns}.",
+        )
+    return pixels
+
+
+def _meta(
+    datasets: Sequence[Dataset], frames: list[_Frame], syntaxes: set[str], dropped: int, normal: np.ndarray
+) -> dict[str, Any]:
+    first = datasets[0]
+    return {
+        "series_instance_uid": str(first.get("SeriesInstanceUID", "")),
+        "modality": str(first.get("Modality", "")),
+        "instance_count": len(datasets),
+        "slice_count": len(frames),
+        "rows": frames[0].rows,
+        "columns": frames[0].columns,
+        "transfer_syntaxes": sorted(syntaxes),
+        "duplicates_dropped": dropped,
+        "gantry_tilt_deg": _tilt_degrees(frames, normal),
+        "slice_thickness_mm": _optional_float(first.get("SliceThickness")),
+        "rescale_varies": len({(f.slope, f.intercept) for f in frames}) > 1,
+    }
+
+
+def _tilt_degrees(frames: list[_Frame], normal: np.ndarray) -> float:
+    """Angle between the stacking direction of the positions and the slice normal (0 without gantry tilt)."""
+    if len(frames) < 2:
+        return 0.0
+    direction = frames[-1].ipp - frames[0].ipp
+    length = float(np.linalg.norm(direction))
+    if length == 0:
+        return 0.0
+    cosine = min(1.0, abs(float(np.dot(direction, normal))) / length)
+    return round(math.degrees(math.acos(cosine)), 3)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small attribute helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _instance_label(ds: Dataset, index: int) -> str:
+    number = ds.get("InstanceNumber")
+    return f"instance #{index + 1}" + (f" (Instance Number {number})" if number not in (None, "") else "")
+
+
+def _frames(ds: Dataset) -> int:
+    try:
+        return max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        return 1
+
+
+def _int_attr(ds: Dataset, keyword: str, label: str, default: int | None = None) -> int:
+    value = ds.get(keyword)
+    if value in (None, ""):
+        if default is not None:
+            return default
+        raise VolumeError("invalid_header", f"{_cap(label)} has no {_attr_name(keyword)}.")
+    try:
+        return int(value)
+    except (TypeError, ValueError) as err:
+        raise VolumeError("invalid_header", f"{_cap(label)} has an invalid {_attr_name(keyword)}.") from err
+
+
+def _floats(ds: Dataset, keyword: str, count: int, label: str) -> tuple[float, ...]:
+    value = ds.get(keyword)
+    if value in (None, ""):
+        raise VolumeError("invalid_header", f"{_cap(label)} has no {_attr_name(keyword)}.")
+    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    try:
+        numbers = tuple(float(v) for v in items)
+    except (TypeError, ValueError) as err:
+        raise VolumeError("invalid_header", f"{_cap(label)} has a non-numeric {_attr_name(keyword)}.") from err
+    if len(numbers) != count or not all(math.isfinite(v) for v in numbers):
+        raise VolumeError(
+            "invalid_header", f"{_cap(label)} has {_attr_name(keyword)} with {len(numbers)} values, not {count}."
+        )
+    return numbers
+
+
+def _rescale(ds: Dataset, label: str) -> tuple[float, float]:
+    try:
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    except (TypeError, ValueError) as err:
+        raise VolumeError("invalid_header", f"{_cap(label)} has a non-numeric rescale slope or intercept.") from err
+    if not (math.isfinite(slope) and math.isfinite(intercept)) or slope <= 0:
+        raise VolumeError("invalid_header", f"{_cap(label)} has an invalid rescale slope ({slope:g}).")
+    return slope, intercept
+
+
+def _optional_float(value: Any) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _attr_name(keyword: str) -> str:
+    return pydicom.datadict.dictionary_description(keyword) if pydicom.datadict.tag_for_keyword(keyword) else keyword
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _fmt(values: Any) -> str:
+    return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB"
