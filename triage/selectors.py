@@ -6,7 +6,7 @@ from datetime import datetime
 
 from django.db.models import Max, Min
 
-from triage.models import WorkerHeartbeat
+from triage.models import DicomWebSource, ModelConfig, ThresholdOverride, WorkerHeartbeat
 
 
 def worker_heartbeat_latest() -> datetime | None:
@@ -18,3 +18,22 @@ def task_queue_oldest_ready_enqueued_at() -> datetime | None:
     from django_tasks_db.models import DBTaskResult
 
     return DBTaskResult.objects.ready().aggregate(oldest=Min("enqueued_at"))["oldest"]
+
+
+def threshold_for(*, finding: str, source: DicomWebSource | None) -> float | None:
+    """The operating point in force for a study from ``source``: the source's override, else the model's threshold.
+
+    None when no ModelConfig exists for the finding (the model card's threshold then applies).
+    """
+    config = ModelConfig.objects.filter(finding=finding).first()
+    if config is None:
+        return None
+    if source is not None:
+        override = ThresholdOverride.objects.filter(model=config, source=source).values_list("threshold", flat=True)
+        if override:
+            return float(override[0])
+    return float(config.threshold)
+
+
+def model_config_for(*, finding: str) -> ModelConfig | None:
+    return ModelConfig.objects.filter(finding=finding).first()

@@ -14,6 +14,7 @@ from triage.models import (
     DicomWebSource,
     ModelConfig,
     Role,
+    Series,
     Study,
     ThresholdOverride,
     TriageJob,
@@ -68,6 +69,9 @@ def study_request_triage(
     job, created = TriageJob.objects.get_or_create(study=study)
     if created:
         audit_record(action="study.queued", actor=actor, obj=job, data={"source": getattr(source, "name", "")})
+        from triage.ingest.jobs import job_enqueue_on_commit
+
+        job_enqueue_on_commit(job_id=job.pk)
     return job
 
 
@@ -172,9 +176,8 @@ def _results_reevaluate(
 
 def _threshold_propagate(*, finding: str, flipped: list[TriageResult]) -> None:
     """Ranks and reports follow the new flags, inside the same transaction (both notify after commit)."""
-    from worklist.services import worklist_items_resync
-
     from triage.outbox import outbox_enqueue_report
+    from worklist.services import worklist_items_resync
 
     worklist_items_resync(finding=finding)
     for result in flipped:
@@ -196,3 +199,54 @@ def user_role_set(*, user: User, role: str, actor: User | None) -> User:
     new = {"role": user.role, "is_staff": user.is_staff, "is_superuser": user.is_superuser}
     audit_record(action="user.role_set", actor=actor, obj=user, data={"old": old, "new": new})
     return user
+
+
+# Fields of a runner's output that have their own columns; the rest goes into ``details``.
+_RESULT_COLUMNS = {"finding", "model_name", "model_version", "score", "threshold", "positive", "heatmap", "advisory"}
+
+
+def _result_details(*, series: Series, output: Any) -> dict:
+    details = {k: v for k, v in output.as_dict().items() if k not in _RESULT_COLUMNS}
+    details["series_instance_uid"] = series.series_instance_uid
+    details["localisation"] = {"box": details.pop("box", None), "heatmap_extent": details.pop("heatmap_extent", None)}
+    return details
+
+
+@transaction.atomic
+def results_record(*, job: TriageJob, outputs: list[tuple[Series, Any, bytes | None]]) -> list[TriageResult]:
+    """Store a job's model outputs as the study's current results, then resync its worklist item and queue reports.
+
+    ``outputs`` holds (series, inference.runner.TriageOutput, key image PNG). Earlier current results for the same
+    finding stop being current in the same transaction, so a rerun amends rather than duplicates.
+    """
+    study = job.study
+    results = []
+    for series, output, png in outputs:
+        TriageResult.objects.filter(study=study, finding=output.finding, is_current=True).update(is_current=False)
+        results.append(
+            TriageResult.objects.create(
+                study=study,
+                series=series,
+                job=job,
+                finding=output.finding,
+                model_name=output.model_name,
+                model_version=output.model_version,
+                score=float(output.score),
+                threshold=float(output.threshold),
+                positive=bool(output.positive),
+                details=_result_details(series=series, output=output),
+                key_image_png=png,
+            )
+        )
+    audit_record(
+        action="results.recorded",
+        obj=job,
+        data={"results": [{"finding": r.finding, "model": r.model_name, "version": r.model_version} for r in results]},
+    )
+    from triage.outbox import outbox_enqueue_report
+    from worklist.services import worklist_item_sync
+
+    worklist_item_sync(study=study)
+    for finding in sorted({r.finding for r in results}):
+        outbox_enqueue_report(study=study, finding=finding)
+    return results

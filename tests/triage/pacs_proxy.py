@@ -1,0 +1,113 @@
+"""A fault-injecting HTTP proxy in front of the test Orthanc: errors, delays, and a gate that holds retrievals.
+
+Real requests go to the real Orthanc; the proxy only decides, per request, to answer an error instead, to answer
+late, or to wait for the test to open the gate (so a test can kill a worker while its retrieval is in flight).
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import requests
+
+from tools.procs import free_port
+
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
+
+
+def is_retrieval(path: str) -> bool:
+    """WADO-RS retrieval of a series' instances (not its metadata, not a QIDO search)."""
+    head = path.split("?")[0].rstrip("/")
+    return "/series/" in head and not head.endswith("/metadata") and not head.endswith("/series")
+
+
+@dataclass
+class Faults:
+    fail_next: int = 0
+    fail_status: int = 503
+    delay_next: int = 0
+    delay_seconds: float = 0.0
+    gate_retrievals: bool = False
+    gate: threading.Event = field(default_factory=threading.Event)
+    retrieval_started: threading.Event = field(default_factory=threading.Event)
+    seen: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def take(self, counter: str) -> bool:
+        with self.lock:
+            if getattr(self, counter) > 0:
+                setattr(self, counter, getattr(self, counter) - 1)
+                return True
+            return False
+
+
+class PacsProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.faults = Faults()
+        self.port = free_port()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/dicom-web"
+
+    def start(self) -> PacsProxy:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.faults.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self) -> Callable:
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                return
+
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                faults = proxy.faults
+                faults.seen.append(self.path)
+                if is_retrieval(self.path):
+                    faults.retrieval_started.set()
+                    if faults.gate_retrievals:
+                        faults.gate.wait(timeout=120)
+                if faults.take("fail_next"):
+                    self._answer(faults.fail_status, b"injected failure", {"Content-Type": "text/plain"})
+                    return
+                if faults.take("delay_next"):
+                    threading.Event().wait(faults.delay_seconds)
+                self._forward()
+
+            def _forward(self) -> None:
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in {"host", *HOP_HEADERS}}
+                try:
+                    upstream = requests.get(proxy.upstream + self.path, headers=headers, timeout=60)
+                except requests.RequestException:
+                    self._answer(502, b"upstream unreachable", {"Content-Type": "text/plain"})
+                    return
+                kept = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
+                self._answer(upstream.status_code, upstream.content, kept)
+
+            def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+                try:
+                    self.send_response(status)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        return Handler

@@ -1,0 +1,211 @@
+"""Triage jobs as a queue in the database.
+
+The ``TriageJob`` row is the source of truth; tasks in the task queue only say "look at job N". A task claims its
+job with one conditional UPDATE and holds it under a lease that each stage renews. Results are recorded in the
+same transaction that checks the lease is still ours, so a worker that lost its lease (killed, paused, too slow)
+can never record a second set of results. Duplicate tasks are harmless: their claim matches no row.
+
+A worker killed with SIGKILL leaves its job in ``fetching``/``inferring`` with a lease that expires; the sweeper
+(run by ``triage_poll``) puts such jobs back in the queue, and re-enqueues queued jobs that have no waiting task.
+``attempts`` counts claims that did not end in a PACS error, so a study that keeps crashing workers fails with
+``max_attempts``; PACS failures are counted in ``pacs_failures`` and retried with exponential backoff for longer,
+because an outage is not the study's fault.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from triage.models import ACTIVE_JOB_STATES, JobState, TriageJob
+
+logger = logging.getLogger(__name__)
+
+# A queued job younger than this may still have its task on the way (enqueued on commit): leave it alone.
+SWEEP_GRACE_SECONDS = 5.0
+SWEEP_BATCH = 200
+
+
+class LeaseLost(Exception):
+    """Another worker holds the job now (our lease expired and it was claimed again): stop quietly."""
+
+
+def _lease_until(now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.TRIAGE_JOB_LEASE_SECONDS)
+
+
+def job_claim(*, job_id: int, owner: str) -> TriageJob | None:
+    """Take the job if it is due, or if its holder's lease ran out; None when someone else has it or it is over."""
+    now = timezone.now()
+    due = Q(state=JobState.QUEUED, available_at__lte=now) | Q(state__in=ACTIVE_JOB_STATES, lease_expires_at__lt=now)
+    claimed = TriageJob.objects.filter(due, pk=job_id, attempts__lt=settings.TRIAGE_JOB_MAX_ATTEMPTS).update(
+        state=JobState.FETCHING,
+        lease_owner=owner,
+        lease_expires_at=_lease_until(now),
+        attempts=F("attempts") + 1,
+        started_at=Coalesce(F("started_at"), now),
+    )
+    if not claimed:
+        return None
+    return TriageJob.objects.select_related("study", "study__source").get(pk=job_id)
+
+
+def job_lease_renew(*, job: TriageJob, owner: str, state: str | None = None) -> None:
+    """Extend the lease (and move to ``state``); raise LeaseLost if the job is no longer ours."""
+    now = timezone.now()
+    changes: dict = {"lease_expires_at": _lease_until(now)}
+    if state is not None:
+        changes["state"] = state
+    held = TriageJob.objects.filter(pk=job.pk, lease_owner=owner, state__in=ACTIVE_JOB_STATES).update(**changes)
+    if not held:
+        raise LeaseLost(f"job {job.pk}")
+    job.lease_expires_at = changes["lease_expires_at"]
+    if state is not None:
+        job.state = state
+
+
+def job_lock_held(*, job: TriageJob, owner: str) -> TriageJob:
+    """Inside a transaction: lock the job row and check the lease is still ours before writing results."""
+    locked = TriageJob.objects.select_for_update().filter(pk=job.pk).first()
+    if locked is None or locked.lease_owner != owner or locked.state not in ACTIVE_JOB_STATES:
+        raise LeaseLost(f"job {job.pk}")
+    return locked
+
+
+def job_finish(
+    *, job: TriageJob, owner: str, state: str, error_code: str = "", error_message: str = "", timings: dict
+) -> bool:
+    """End the job in a final state if it is still ours. Returns False when the lease was lost."""
+    now = timezone.now()
+    finished = TriageJob.objects.filter(pk=job.pk, lease_owner=owner, state__in=ACTIVE_JOB_STATES).update(
+        state=state,
+        error_code=error_code,
+        error_message=error_message[:2000],
+        timings=timings,
+        lease_owner="",
+        lease_expires_at=None,
+        finished_at=now,
+        pacs_failures=0,
+    )
+    return bool(finished)
+
+
+def pacs_backoff_seconds(failures: int) -> float:
+    """Exponential backoff with jitter: base·2^(n-1), capped, times a random factor in [0.5, 1]."""
+    base = settings.TRIAGE_PACS_RETRY_BASE_SECONDS
+    ceiling = min(settings.TRIAGE_PACS_RETRY_MAX_SECONDS, base * 2 ** max(failures - 1, 0))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+def job_retry_later(*, job: TriageJob, owner: str, error_code: str, error_message: str, timings: dict) -> str:
+    """Back to the queue after a PACS failure, with backoff; failed once the PACS has failed too many times.
+
+    The claim that ended here does not count as an attempt: the PACS, not the study, was at fault.
+    Returns the job's new state.
+    """
+    with transaction.atomic():
+        locked = job_lock_held(job=job, owner=owner)
+        failures = locked.pacs_failures + 1
+        if failures >= settings.TRIAGE_PACS_MAX_RETRIES:
+            job_finish(
+                job=locked, owner=owner, state=JobState.FAILED, error_code=error_code, error_message=error_message,
+                timings=timings,
+            )  # fmt: skip
+            return JobState.FAILED
+        available_at = timezone.now() + timedelta(seconds=pacs_backoff_seconds(failures))
+        TriageJob.objects.filter(pk=job.pk).update(
+            state=JobState.QUEUED,
+            pacs_failures=failures,
+            attempts=F("attempts") - 1,
+            available_at=available_at,
+            lease_owner="",
+            lease_expires_at=None,
+            error_code=error_code,
+            error_message=error_message[:2000],
+            timings=timings,
+        )
+        job_enqueue_on_commit(job_id=job.pk, run_after=available_at)
+    return JobState.QUEUED
+
+
+def job_enqueue_on_commit(*, job_id: int, run_after: datetime | None = None) -> None:
+    transaction.on_commit(lambda: job_enqueue(job_id=job_id, run_after=run_after))
+
+
+def job_enqueue(*, job_id: int, run_after: datetime | None = None) -> str:
+    """Put a task for the job on the ingest queue and remember its id (the sweeper checks it is still waiting)."""
+    from triage.tasks import triage_job_process
+
+    task = triage_job_process.using(run_after=run_after) if run_after is not None else triage_job_process
+    result = task.enqueue(job_id)
+    TriageJob.objects.filter(pk=job_id).update(task_id=str(result.id))
+    return str(result.id)
+
+
+def _task_waiting(task_id: str) -> bool:
+    from django_tasks.base import TaskResultStatus
+    from django_tasks.exceptions import TaskResultDoesNotExist
+
+    from triage.tasks import triage_job_process
+
+    if not task_id:
+        return False
+    try:
+        return triage_job_process.get_result(task_id).status == TaskResultStatus.READY
+    except (TaskResultDoesNotExist, ValueError):
+        return False
+
+
+def jobs_expire_leases(*, now: datetime | None = None) -> tuple[list[int], int]:
+    """Jobs whose worker vanished: back to the queue, or failed after too many attempts.
+
+    Returns the ids of the jobs put back in the queue, and how many failed.
+    """
+    now = now or timezone.now()
+    expired = Q(state__in=ACTIVE_JOB_STATES, lease_expires_at__lt=now)
+    max_attempts = settings.TRIAGE_JOB_MAX_ATTEMPTS
+    failed = TriageJob.objects.filter(expired, attempts__gte=max_attempts).update(
+        state=JobState.FAILED,
+        error_code="max_attempts",
+        error_message=f"The job was interrupted {max_attempts} times (worker crash or timeout); it is not retried.",
+        lease_owner="",
+        lease_expires_at=None,
+        finished_at=now,
+    )
+    candidates = list(TriageJob.objects.filter(expired, attempts__lt=max_attempts).values_list("id", flat=True))
+    requeued = []
+    for job_id in candidates:
+        # Conditional again: the holder may have renewed its lease since the read.
+        if TriageJob.objects.filter(expired, pk=job_id).update(
+            state=JobState.QUEUED, available_at=now, lease_owner="", lease_expires_at=None
+        ):
+            requeued.append(job_id)
+    return requeued, failed
+
+
+def jobs_sweep(*, now: datetime | None = None) -> dict[str, int]:
+    """Recover from crashed workers: expire leases, then give every due queued job without a waiting task a new one."""
+    now = now or timezone.now()
+    requeued, failed = jobs_expire_leases(now=now)
+    if failed:
+        logger.warning("%d job(s) failed after %d interrupted attempts", failed, settings.TRIAGE_JOB_MAX_ATTEMPTS)
+    due = TriageJob.objects.filter(
+        state=JobState.QUEUED, available_at__lte=now - timedelta(seconds=SWEEP_GRACE_SECONDS)
+    ).order_by("available_at")
+    for job_id in requeued:
+        job_enqueue(job_id=job_id)
+    enqueued = len(requeued)
+    for job_id, task_id in due.values_list("id", "task_id")[:SWEEP_BATCH]:
+        if not _task_waiting(task_id):
+            job_enqueue(job_id=job_id)
+            enqueued += 1
+    if requeued or enqueued:
+        logger.info("sweep: %d lease(s) expired, %d task(s) enqueued", len(requeued), enqueued)
+    return {"requeued": len(requeued), "failed": failed, "enqueued": enqueued}

@@ -1,0 +1,295 @@
+"""The stages of one triage job: discover and route series, retrieve, assemble, infer, record.
+
+One routed series at a time is retrieved, assembled, run and dropped, so a worker holds at most one volume.
+Outcomes:
+
+- a PACS failure (timeout, lost connection, 429, 5xx) puts the job back in the queue with backoff;
+- a series that cannot become a volume (``VolumeError``) is skipped with its reason; the job is ``rejected``
+  with that code and message when no routed series could be used;
+- a study without a routable series is ``done`` with ``error_code="no_routable_series"`` and no results;
+- anything else is ``failed`` with ``internal_error``; the log names the job id and the exception type only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from triage.dicomweb import Pacs, PacsNotFound, PacsRequestRejected, SeriesTooLarge
+from triage.exceptions import PacsError
+from triage.ingest import jobs
+from triage.ingest.tags import series_defaults, study_tags_apply
+from triage.models import JobState, Series, Study, TriageJob
+
+logger = logging.getLogger(__name__)
+
+STUDY_NOT_FOUND_RETRIES = 3
+
+
+@lru_cache(maxsize=1)
+def worker_identity() -> str:
+    """host:pid:random, unique per process, so a lease names the process that holds it."""
+    return f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Outcome:
+    outputs: list[tuple[Series, Any, bytes | None]] = field(default_factory=list)
+    rejections: list[tuple[Series, str, str]] = field(default_factory=list)
+    routed: int = 0
+    checked: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def stage(timings: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - started, 4)
+
+
+def job_process(*, job_id: int, owner: str | None = None) -> str | None:
+    """Claim the job and take it as far as it goes. Returns its final (or re-queued) state, None if not claimed."""
+    owner = owner or worker_identity()
+    job = jobs.job_claim(job_id=job_id, owner=owner)
+    if job is None:
+        return None
+    timings: dict[str, float] = dict(job.timings or {})
+    try:
+        return _job_run(job, owner, timings)
+    except jobs.LeaseLost:
+        logger.warning("job %s: lease lost to another worker; stopping", job_id)
+        return None
+    except PacsError as err:
+        return jobs.job_retry_later(
+            job=job, owner=owner, error_code=err.code, error_message=err.message, timings=timings
+        )
+    except Exception as err:  # the worker's loop boundary: record, never crash, never log patient data
+        logger.error("job %s failed with an unexpected %s", job_id, type(err).__name__)
+        jobs.job_finish(
+            job=job,
+            owner=owner,
+            state=JobState.FAILED,
+            error_code="internal_error",
+            error_message=f"Unexpected {type(err).__name__}; see the worker log for job {job_id}.",
+            timings=timings,
+        )
+        return JobState.FAILED
+
+
+def _job_run(job: TriageJob, owner: str, timings: dict[str, float]) -> str:
+    study = job.study
+    if study.source is None:
+        return _job_end(job, owner, timings, JobState.FAILED, "no_source", "No DICOMweb source is configured.")
+    pacs = Pacs.for_source(study.source)
+    with stage(timings, "discover"):
+        routed = study_discover(job=job, owner=owner, pacs=pacs)
+    if routed is None:
+        return _job_not_found(job, owner, timings)
+    outcome = Outcome(routed=len(routed), checked=Series.objects.filter(study=study).count())
+    for series in routed:
+        series_triage(job=job, owner=owner, pacs=pacs, series=series, outcome=outcome, timings=timings)
+    return _job_conclude(job, owner, timings, outcome)
+
+
+def study_discover(*, job: TriageJob, owner: str, pacs: Pacs) -> list[Series] | None:
+    """QIDO the study's series, read one instance's metadata per CT series, store tags, route. None: not on PACS."""
+    study = job.study
+    found = [s for s in pacs.search_series(study.study_instance_uid) if _modality(s) == "CT"]
+    if not found:
+        return None
+    rows: list[Series] = []
+    for item in found:
+        jobs.job_lease_renew(job=job, owner=owner)
+        series_uid = item.get("0020000E", {}).get("Value", [None])[0]
+        metadata = pacs.series_metadata(study.study_instance_uid, series_uid)
+        if not metadata:
+            continue
+        rows.append(_series_store(study=study, series_uid=series_uid, metadata=metadata))
+    if not rows:
+        return None
+    study_tags_apply(study=study, metadata=rows[0]._metadata)
+    return route_study(study=study, series=rows)
+
+
+def _modality(item: dict) -> str:
+    values = item.get("00080060", {}).get("Value") or [""]
+    return str(values[0]).upper()
+
+
+@transaction.atomic
+def _series_store(*, study: Study, series_uid: str, metadata: list[dict]) -> Series:
+    defaults = series_defaults(metadata)
+    series, _ = Series.objects.update_or_create(series_instance_uid=series_uid, defaults={**defaults, "study": study})
+    series._metadata = metadata  # the first instance's tags, for the size check before retrieval
+    return series
+
+
+def route_study(*, study: Study, series: list[Series]) -> list[Series]:
+    """Route each series with the admins' rules; store the decision; return the series to run, one per finding."""
+    from triage.routing import route_series
+
+    chosen = route_series(study=study, series=series)
+    return list(chosen)
+
+
+def series_volume(*, pacs: Pacs, series: Series, metadata: list[dict] | None = None) -> Any:
+    """Retrieve one series in its stored transfer syntax and assemble its HU volume, within the size limits."""
+    from inference.dicom import VolumeError, assemble_volume, check_series_size
+
+    max_bytes, max_instances = settings.TRIAGE_MAX_SERIES_BYTES, settings.TRIAGE_MAX_SERIES_INSTANCES
+    if metadata:
+        first = metadata[0]
+        rows, columns = _int_tag(first, "00280010"), _int_tag(first, "00280011")
+        if rows and columns:
+            check_series_size(
+                instances=len(metadata), rows=rows, columns=columns, max_bytes=max_bytes, max_instances=max_instances
+            )
+    try:
+        datasets = pacs.retrieve_series(
+            series.study.study_instance_uid, series.series_instance_uid, max_instances=max_instances
+        )
+    except SeriesTooLarge as err:
+        raise VolumeError("series_too_large", err.message) from None
+    return assemble_volume(datasets, max_bytes=max_bytes, max_instances=max_instances)
+
+
+def _int_tag(item: dict, tag: str) -> int | None:
+    values = item.get(tag, {}).get("Value") or [None]
+    try:
+        return int(values[0])
+    except (TypeError, ValueError):
+        return None
+
+
+def series_triage(
+    *, job: TriageJob, owner: str, pacs: Pacs, series: Series, outcome: Outcome, timings: dict[str, float]
+) -> None:
+    """Retrieve, assemble and run one routed series; a bad series is recorded as rejected and skipped."""
+    from inference.dicom import VolumeError
+
+    jobs.job_lease_renew(job=job, owner=owner, state=JobState.FETCHING)
+    try:
+        with stage(timings, "fetch"):
+            volume = series_volume(pacs=pacs, series=series, metadata=getattr(series, "_metadata", None))
+    except VolumeError as err:
+        outcome.rejections.append((series, err.code, err.message))
+        return
+    except (PacsNotFound, PacsRequestRejected) as err:
+        outcome.rejections.append((series, err.code, err.message))
+        return
+    jobs.job_lease_renew(job=job, owner=owner, state=JobState.INFERRING)
+    with stage(timings, "infer"):
+        output = series_infer(study=job.study, finding=series.routed_model, volume=volume)
+    if output is None:
+        outcome.notes.append(f"The {series.routed_model} model is disabled.")
+        return
+    with stage(timings, "key_image"):
+        png = key_image(volume=volume, output=output)
+    outcome.outputs.append((series, output, png))
+
+
+def series_infer(*, study: Study, finding: str, volume: Any) -> Any:
+    """Run the finding's model; the threshold in force for the study's source decides ``positive``."""
+    from triage.selectors import model_config_for, threshold_for
+
+    config = model_config_for(finding=finding)
+    if config is not None and not config.enabled:
+        return None
+    runner = runner_get(
+        finding=finding,
+        weights=weights_path(finding=finding, configured=config.weights_path if config else ""),
+        sha256=(config.weights_sha256 or None) if config else None,
+        device=settings.TRIAGE_DEVICE,
+    )
+    output = runner.run(volume.hu, volume.spacing_mm)
+    threshold = threshold_for(finding=finding, source=study.source)
+    if threshold is None:
+        threshold = runner.threshold
+    return replace(output, threshold=threshold, positive=bool(output.score >= threshold))
+
+
+def key_image(*, volume: Any, output: Any) -> bytes | None:
+    from inference.runner import render_key_image
+
+    return render_key_image(volume.hu, output)
+
+
+def weights_path(*, finding: str, configured: str) -> str | None:
+    """ModelConfig.weights_path (relative to TRIAGE_MODEL_DIR), else TRIAGE_MODEL_DIR's default file, else shipped."""
+    model_dir = settings.TRIAGE_MODEL_DIR
+    if configured:
+        path = Path(configured)
+        return str(path if path.is_absolute() or not model_dir else Path(model_dir) / path)
+    if model_dir:
+        from inference.loader import shipped_weights
+
+        return str(Path(model_dir) / shipped_weights(finding).name)
+    return None
+
+
+@lru_cache(maxsize=8)
+def runner_get(*, finding: str, weights: str | None, sha256: str | None, device: str) -> Any:
+    """One loaded model per (finding, weights, device) per process: loading is slow, running is not."""
+    from inference.runner import ModelRunner
+
+    return ModelRunner(finding, weights=weights, sha256=sha256, device=device)
+
+
+def _job_not_found(job: TriageJob, owner: str, timings: dict[str, float]) -> str:
+    """The PACS has no CT series for the study: maybe not arrived yet, so retry a few times, then reject."""
+    if job.pacs_failures + 1 < STUDY_NOT_FOUND_RETRIES:
+        raise PacsError("The PACS has no CT series for this study (yet).", code="study_not_found")
+    return _job_end(job, owner, timings, JobState.REJECTED, "study_not_found", "The PACS has no CT series for it.")
+
+
+def _job_conclude(job: TriageJob, owner: str, timings: dict[str, float], outcome: Outcome) -> str:
+    if outcome.routed == 0:
+        message = f"No series matched a routing rule ({outcome.checked} CT series checked)."
+        return _job_end(job, owner, timings, JobState.DONE, "no_routable_series", message, record=[])
+    if not outcome.outputs and outcome.rejections:
+        _, code, message = outcome.rejections[0]
+        return _job_end(job, owner, timings, JobState.REJECTED, code, message, record=[])
+    notes = [f"{s.routed_model}: {code}: {message}" for s, code, message in outcome.rejections] + outcome.notes
+    code = outcome.rejections[0][1] if outcome.rejections else ""
+    return _job_end(job, owner, timings, JobState.DONE, code, " ".join(notes), record=outcome.outputs)
+
+
+def _job_end(
+    job: TriageJob,
+    owner: str,
+    timings: dict[str, float],
+    state: str,
+    code: str,
+    message: str,
+    *,
+    record: list | None = None,
+) -> str:
+    """Final state, and results when ``record`` is given, in one transaction that checks the lease is still ours."""
+    from triage.services import audit_record, results_record
+
+    with transaction.atomic():
+        jobs.job_lock_held(job=job, owner=owner)
+        if record is not None:
+            with stage(timings, "record"):
+                results_record(job=job, outputs=record)
+        jobs.job_finish(
+            job=job, owner=owner, state=state, error_code=code, error_message=message, timings=timings
+        )  # fmt: skip
+        audit_record(action=f"job.{state}", obj=job, data={"error_code": code, "attempts": job.attempts})
+    logger.info("job %s %s%s", job.pk, state, f" ({code})" if code else "")
+    return state

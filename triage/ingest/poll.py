@@ -1,0 +1,157 @@
+"""Incremental QIDO-RS polling of each enabled source for CT studies.
+
+DICOMweb cannot ask "what arrived since T": QIDO-RS filters on DICOM attributes only, and a study's StudyDate is
+when it was acquired, not when it reached the PACS. The cursor in ``DicomWebSource.poll_cursor`` therefore keeps:
+
+- ``watermark``: the server date of the last complete scan. Each poll scans every study dated from
+  ``watermark - TRIAGE_POLL_OVERLAP_DAYS`` on, all pages. The overlap covers midnight and clock skew; after an
+  outage the watermark has not moved, so the window grows to cover every day the PACS was unreachable.
+- ``sweep_offset``: a rolling scan, one page per poll, of the older studies dated within
+  ``TRIAGE_POLL_LOOKBACK_DAYS``: studies that arrive late with an older StudyDate (a transfer from another
+  hospital, a delayed send) are found within one sweep cycle. Older studies, and studies without a StudyDate, are
+  not polled for; the PACS hook (``POST /api/v1/studies/notify/``) covers them.
+- ``paging``: how the server pages. Standard servers return ``limit`` results starting at ``offset``; Orthanc 1.10
+  with DICOMweb 1.7 returns results ``offset`` to ``limit`` (so ``offset >= limit`` is always empty). The first
+  empty page after a full one is probed both ways and the answer remembered.
+
+Every study found is deduplicated against the Study table (its UID is unique), so rescanning costs requests, not
+duplicate jobs; known UIDs are skipped with one query per page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.utils import timezone
+
+from triage.dicomweb import Pacs, json_value
+from triage.exceptions import TriageError
+from triage.models import DicomWebSource, Study
+
+logger = logging.getLogger(__name__)
+
+STUDY_UID = "0020000D"
+LEGACY_PAGING = "offset_within_limit"
+DATE_FORMAT = "%Y%m%d"
+
+
+@dataclass
+class PollReport:
+    seen: int = 0
+    queued: list[str] = field(default_factory=list)
+    pages: int = 0
+    error: str = ""
+
+
+@dataclass
+class Pager:
+    pacs: Pacs
+    page_size: int
+    legacy: bool = False
+
+    def page(self, filters: dict, offset: int, *, previous_full: bool) -> list[dict]:
+        items = self._fetch(filters, offset, legacy=self.legacy)
+        if not items and offset > 0 and previous_full and not self.legacy:
+            items = self._fetch(filters, offset, legacy=True)
+            if items:
+                logger.info("the PACS counts limit from the first result; paging accordingly")
+                self.legacy = True
+        return items
+
+    def _fetch(self, filters: dict, offset: int, *, legacy: bool) -> list[dict]:
+        limit = offset + self.page_size if legacy else self.page_size
+        return self.pacs.search_studies(filters=filters, limit=limit, offset=offset)[: self.page_size]
+
+
+def _today() -> dt.date:
+    return timezone.localdate()
+
+
+def _date(text: str | None, default: dt.date) -> dt.date:
+    try:
+        return dt.datetime.strptime(text or "", DATE_FORMAT).date()
+    except ValueError:
+        return default
+
+
+def _uids(items: list[dict]) -> list[str]:
+    return [uid for uid in (json_value(item, STUDY_UID) for item in items) if uid]
+
+
+def _queue_new(source: DicomWebSource, uids: list[str], report: PollReport) -> None:
+    from triage.services import study_request_triage
+
+    known = set(Study.objects.filter(study_instance_uid__in=uids).values_list("study_instance_uid", flat=True))
+    for uid in uids:
+        if uid in known or len(uid) > 64:
+            continue
+        study_request_triage(study_instance_uid=uid, source_name=source.name)
+        known.add(uid)
+        report.queued.append(uid)
+
+
+def _scan_all(pager: Pager, source: DicomWebSource, filters: dict, report: PollReport) -> None:
+    offset, previous_full = 0, False
+    while True:
+        items = pager.page(filters, offset, previous_full=previous_full)
+        report.pages += 1
+        report.seen += len(items)
+        _queue_new(source, _uids(items), report)
+        if len(items) < pager.page_size:
+            return
+        offset += len(items)
+        previous_full = True
+
+
+def _sweep_page(pager: Pager, source: DicomWebSource, filters: dict, offset: int, report: PollReport) -> int:
+    """One page of the rolling sweep; returns the next offset (0 when the cycle is complete)."""
+    items = pager.page(filters, offset, previous_full=offset > 0)
+    report.pages += 1
+    report.seen += len(items)
+    _queue_new(source, _uids(items), report)
+    return offset + len(items) if len(items) == pager.page_size else 0
+
+
+def source_poll(*, source: DicomWebSource, pacs: Pacs | None = None) -> PollReport:
+    """Find new CT studies on one source and queue each once. PACS failures are recorded on the source, not raised."""
+    report = PollReport()
+    cursor = dict(source.poll_cursor or {})
+    pager = Pager(
+        pacs or Pacs.for_source(source), settings.TRIAGE_POLL_PAGE_SIZE, cursor.get("paging") == LEGACY_PAGING
+    )
+    today = _today()
+    watermark = _date(cursor.get("watermark"), today)
+    recent_from = watermark - dt.timedelta(days=settings.TRIAGE_POLL_OVERLAP_DAYS)
+    try:
+        _scan_all(pager, source, {"ModalitiesInStudy": "CT", "StudyDate": f"{recent_from:%Y%m%d}-"}, report)
+        cursor["watermark"] = f"{today:%Y%m%d}"
+        oldest = today - dt.timedelta(days=settings.TRIAGE_POLL_LOOKBACK_DAYS)
+        if oldest < recent_from:
+            sweep_to = recent_from - dt.timedelta(days=1)
+            sweep = {"ModalitiesInStudy": "CT", "StudyDate": f"{oldest:%Y%m%d}-{sweep_to:%Y%m%d}"}
+            cursor["sweep_offset"] = _sweep_page(pager, source, sweep, int(cursor.get("sweep_offset", 0)), report)
+    except TriageError as err:
+        report.error = err.message
+    cursor["paging"] = LEGACY_PAGING if pager.legacy else "standard"
+    _source_save_poll(source=source, cursor=cursor, error=report.error)
+    return report
+
+
+def _source_save_poll(*, source: DicomWebSource, cursor: dict, error: str) -> None:
+    source.poll_cursor = cursor
+    source.last_polled_at = timezone.now()
+    source.last_error = error
+    source.save(update_fields=["poll_cursor", "last_polled_at", "last_error"])
+    if error:
+        logger.warning("polling source %s failed: %s", source.pk, error)
+
+
+def sources_poll() -> dict[str, PollReport]:
+    """Poll every enabled source (the default one from the environment included)."""
+    from triage.services import source_get_default
+
+    source_get_default()
+    return {source.name: source_poll(source=source) for source in DicomWebSource.objects.filter(enabled=True)}
