@@ -88,7 +88,8 @@ def test_pacs_outage_is_recorded_and_the_next_poll_catches_up(orthanc, proxy, pr
     recovered = source_poll(source=proxied_source)
 
     proxied_source.refresh_from_db()
-    assert failed.queued == [] and "503" in failed.error
+    assert failed.queued == []
+    assert "503" in failed.error
     assert recovered.queued == [during.study_uid]
     assert proxied_source.last_error == ""
 
@@ -120,4 +121,5 @@ def test_notify_enqueues_the_task_after_commit(pacs_source, radiologist_client, 
     job = TriageJob.objects.get(study__study_instance_uid="1.2.3.4")
     task = DBTaskResult.objects.get(id=job.task_id)
     assert len(callbacks) == 1
-    assert task.queue_name == "ingest" and task.args_kwargs["args"] == [job.pk]
+    assert task.queue_name == "ingest"
+    assert task.args_kwargs["args"] == [job.pk]
