@@ -279,3 +279,16 @@ def test_two_radiologists_claiming_at_once_exactly_one_wins():
     for t in threads:
         t.join(timeout=20)
     assert sorted(outcomes) == ["conflict", "won"]
+
+
+def test_escalate_command_once_escalates_and_beats(make_study, settings):
+    from django.core.management import call_command
+
+    from triage.models import WorkerHeartbeat
+
+    item = make_study(ich=0.9)
+    WorklistItem.objects.filter(pk=item.pk).update(critical_at=timezone.now() - timedelta(hours=1))
+    call_command("triage_escalate", "--once")
+    item.refresh_from_db()
+    assert item.escalated_at is not None
+    assert WorkerHeartbeat.objects.filter(kind="escalate").exists()

@@ -1,0 +1,81 @@
+"""The /ws/worklist/ consumer: login required, one event per committed change, in sequence."""
+
+from __future__ import annotations
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from tests.factories import StudyFactory, UserFactory
+from triage.asgi import application
+from worklist import services
+from worklist.routing import websocket_urlpatterns
+
+pytestmark = pytest.mark.django_db(transaction=True)
+ORIGIN = [(b"origin", b"http://127.0.0.1:8000")]
+
+
+async def connected(username: str = "ws1") -> WebsocketCommunicator:
+    user = await database_sync_to_async(UserFactory)(username=username)
+    communicator = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/ws/worklist/")
+    communicator.scope["user"] = user
+    connected, _ = await communicator.connect(timeout=5)
+    assert connected
+    return communicator
+
+
+async def test_anonymous_websocket_is_refused():
+    communicator = WebsocketCommunicator(application, "/ws/worklist/", headers=ORIGIN)
+    connected, code = await communicator.connect(timeout=5)
+    assert (connected, code) == (False, 4401)
+
+
+async def test_logged_in_client_gets_hello_with_current_sequence():
+    communicator = await connected()
+    hello = await communicator.receive_json_from(timeout=5)
+    await communicator.disconnect()
+    assert hello == {"type": "hello", "seq": 0}
+
+
+async def test_new_study_is_pushed_after_commit_with_item_payload():
+    communicator = await connected()
+    await communicator.receive_json_from(timeout=5)
+    item = await database_sync_to_async(lambda: services.worklist_item_sync(study=StudyFactory()))()
+    event = await communicator.receive_json_from(timeout=5)
+    await communicator.disconnect()
+    assert (event["type"], event["kind"], event["seq"], event["item"]["id"], event["item"]["rank"]) == (
+        "item",
+        "added",
+        1,
+        item.pk,
+        1,
+    )
+
+
+async def test_claim_is_pushed_to_every_client_in_sequence():
+    first, second = await connected("ws1"), await connected("ws2")
+    for c in (first, second):
+        await c.receive_json_from(timeout=5)
+
+    def add_and_claim():
+        item = services.worklist_item_sync(study=StudyFactory())
+        user = UserFactory(username="claimer")
+        services.worklist_item_claim(study_instance_uid=item.study.study_instance_uid, user=user)
+
+    await database_sync_to_async(add_and_claim)()
+    seen = []
+    for c in (first, second):
+        added, claimed = await c.receive_json_from(timeout=5), await c.receive_json_from(timeout=5)
+        seen.append((added["seq"], claimed["seq"], claimed["item"]["claimed_by"], "claim" in claimed["changes"]))
+        await c.disconnect()
+    assert seen == [(1, 2, "claimer", True)] * 2
+
+
+async def test_ping_gets_pong():
+    communicator = await connected()
+    await communicator.receive_json_from(timeout=5)
+    await communicator.send_json_to({"type": "ping"})
+    pong = await communicator.receive_json_from(timeout=5)
+    await communicator.disconnect()
+    assert pong == {"type": "pong"}

@@ -1,0 +1,48 @@
+"""``manage.py triage_escalate``: escalates critical findings left unacknowledged, beating a heartbeat each round."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import close_old_connections
+
+from triage.services import worker_heartbeat
+from worklist.services import worklist_items_escalate
+
+logger = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Escalate critical AI findings not acknowledged within TRIAGE_ACK_TIMEOUT_MINUTES."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--once", action="store_true", help="One round, then exit")
+        parser.add_argument("--interval", type=float, default=10.0, help="Seconds between rounds (default 10)")
+
+    def handle(self, *args: object, once: bool = False, interval: float = 10.0, **options: object) -> None:
+        worker_id = f"escalate-{socket.gethostname()}-{os.getpid()}"
+        stop = threading.Event()
+        if not once:
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+        while not stop.is_set():
+            self._round(worker_id)
+            if once:
+                return
+            stop.wait(interval)
+            close_old_connections()  # a long-lived loop must not keep a broken or stale connection
+
+    def _round(self, worker_id: str) -> None:
+        try:
+            worker_heartbeat(worker_id=worker_id, kind="escalate")
+            escalated = worklist_items_escalate()
+        except Exception:  # noqa: BLE001 - the loop boundary: record and try again next round
+            logger.exception("escalation round failed")
+            return
+        if escalated:
+            logger.info("escalated %d unacknowledged critical item(s)", len(escalated))
