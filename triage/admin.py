@@ -259,10 +259,65 @@ class TriageResultAdmin(admin.ModelAdmin):
 
 @admin.register(models.FhirEndpoint)
 class FhirEndpointAdmin(AuditedModelAdmin):
-    list_display = ("name", "base_url", "fhir_version", "auth", "enabled")
+    list_display = ("name", "base_url", "fhir_version", "auth", "enabled", "verify_tls")
+    list_filter = ("enabled", "auth", "fhir_version")
+    fieldsets = (
+        (None, {"fields": ("name", "base_url", "fhir_version", "enabled", "timeout_seconds", "verify_tls")}),
+        ("Patient", {"fields": ("patient_id_system", "resolve_patient")}),
+        (
+            "Authentication",
+            {
+                "fields": ("auth", "username", "secret_env", "client_id", "token_url", "scope", "jwt_key_id"),
+                "description": "Secrets are never stored here: name the environment variable that holds the "
+                "token, password or PEM private key.",
+            },
+        ),
+    )
 
 
 @admin.register(models.OutboxMessage)
 class OutboxMessageAdmin(admin.ModelAdmin):
-    list_display = ("id", "endpoint", "finding", "report_status", "state", "attempts", "last_status_code")
-    list_filter = ("state",)
+    list_display = (
+        "id",
+        "endpoint",
+        "study",
+        "finding",
+        "report_version",
+        "report_status",
+        "state",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "sent_at",
+    )
+    list_filter = ("state", "endpoint", "report_status", "finding")
+    search_fields = ("study__study_instance_uid", "resource_id")
+    list_select_related = ("endpoint", "study")
+    actions = ["requeue"]
+    exclude = ("payload", "operation_outcome")
+    readonly_fields = (
+        *[f.name for f in models.OutboxMessage._meta.fields if f.name not in ("payload", "operation_outcome")],
+        "operation_outcome_pretty",
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.method in ("GET", "HEAD") and super().has_change_permission(request, obj)
+
+    @admin.display(description="OperationOutcome from the EMR")
+    def operation_outcome_pretty(self, obj: models.OutboxMessage) -> str:
+        from django.utils.html import format_html
+
+        if not obj.operation_outcome:
+            return "-"
+        return format_html("<pre>{}</pre>", json.dumps(obj.operation_outcome, indent=2))
+
+    @admin.action(description="Requeue dead letters (rebuilt from current data)", permissions=["view"])
+    def requeue(self, request: HttpRequest, queryset: Any) -> None:
+        from triage.outbox import outbox_requeue
+
+        done = sum(outbox_requeue(message=m, actor=request.user) for m in queryset)
+        skipped = queryset.count() - done
+        self.message_user(request, f"{done} requeued; {skipped} skipped (not dead, or a newer version exists).")
