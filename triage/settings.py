@@ -212,6 +212,8 @@ LOGGING = {
     "loggers": {
         # dicomweb-client logs request URLs with query parameters that can hold patient IDs.
         "dicomweb_client": {"level": "WARNING"},
+        # dicomweb-client's retry decorator logs each failed attempt with the exception text, URL included.
+        "retrying": {"level": "CRITICAL"},
         "urllib3": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
     },
