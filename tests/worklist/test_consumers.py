@@ -6,6 +6,7 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
+from django.db import connection
 
 from tests.factories import StudyFactory, UserFactory
 from triage.asgi import application
@@ -14,6 +15,13 @@ from worklist.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = [(b"origin", b"http://127.0.0.1:8000")]
+
+
+@pytest.fixture(autouse=True)
+async def close_worker_connection():
+    """The consumer reads from a worker thread; close its connection so the test database can be dropped."""
+    yield
+    await database_sync_to_async(lambda: connection.close())()
 
 
 async def connected(username: str = "ws1") -> WebsocketCommunicator:

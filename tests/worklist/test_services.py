@@ -292,3 +292,12 @@ def test_escalate_command_once_escalates_and_beats(make_study, settings):
     item.refresh_from_db()
     assert item.escalated_at is not None
     assert WorkerHeartbeat.objects.filter(kind="escalate").exists()
+
+
+def test_disagreement_reaches_the_fhir_outbox(make_study, radiologist, settings):
+    from triage.models import OutboxMessage
+
+    settings.TRIAGE_FHIR_BASE_URL = "http://127.0.0.1:9/fhir"
+    result = make_study(ich=0.9).study.results.get()
+    services.result_feedback_set(result_id=result.pk, user=radiologist, verdict="disagree")
+    assert OutboxMessage.objects.filter(study=result.study, finding="ich").exists()
