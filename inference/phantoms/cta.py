@@ -110,6 +110,7 @@ def generate_cta(
         "collateral_fill": round(plan.collateral, 3) if plan.thrombus else None,
         "scanner": scan.as_meta(),
         "pose": pose.as_meta(),
+        "to_canonical": canvas.grid.as_meta(),
         "key_slice": int(np.argmax(canvas.mask.sum(axis=(1, 2)))) if canvas.mask.any() else None,
         "seconds": round(time.perf_counter() - started, 3),
     }

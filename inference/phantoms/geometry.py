@@ -84,6 +84,14 @@ class Grid:
             return None
         return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))  # type: ignore[return-value]
 
+    def as_meta(self) -> dict[str, list]:
+        """The voxel-to-canonical affine, so tools can check where a lesion lies (see ``from_meta``)."""
+        return {"matrix": self.matrix.round(6).tolist(), "offset": self.offset.round(6).tolist()}
+
+    @classmethod
+    def from_meta(cls, shape: tuple[int, int, int], spacing: tuple[float, float, float], meta: dict) -> Grid:
+        return cls(tuple(shape), tuple(spacing), np.asarray(meta["matrix"]), np.asarray(meta["offset"]))
+
     def full(self) -> tuple[slice, slice, slice]:
         return tuple(slice(0, n) for n in self.shape)  # type: ignore[return-value]
 

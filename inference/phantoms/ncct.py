@@ -67,6 +67,7 @@ def generate_ncct(
         "scanner": scan.as_meta(),
         "pose": pose.as_meta(),
         "key_slice": _key_slice(canvas.mask),
+        "to_canonical": canvas.grid.as_meta(),
         **{k: v for k, v in finding.items() if k != "side"},
         "seconds": round(time.perf_counter() - started, 3),
     }
