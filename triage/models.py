@@ -7,6 +7,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from triage.routing import validate_regex
+
 
 class Role(models.TextChoices):
     RADIOLOGIST = "radiologist", "Radiologist"
@@ -129,11 +131,24 @@ class RoutingRule(models.Model):
     order = models.PositiveIntegerField(default=100)
     enabled = models.BooleanField(default=True)
     modality = models.CharField(max_length=16, default="CT")
-    body_part_regex = models.CharField(max_length=200, blank=True, help_text="Case-insensitive regex")
-    description_regex = models.CharField(
-        max_length=200, blank=True, help_text="Case-insensitive regex on study and series descriptions"
+    body_part_regex = models.CharField(
+        max_length=500,
+        blank=True,
+        validators=[validate_regex],
+        help_text="Anatomy, case-insensitive regex on Body Part Examined; without a body part, on the descriptions",
     )
-    exclude_description_regex = models.CharField(max_length=200, blank=True)
+    description_regex = models.CharField(
+        max_length=500,
+        blank=True,
+        validators=[validate_regex],
+        help_text="Case-insensitive regex that the study or the series description must match",
+    )
+    exclude_description_regex = models.CharField(
+        max_length=500,
+        blank=True,
+        validators=[validate_regex],
+        help_text="Case-insensitive regex that the series description must not match (localizers, MIPs, …)",
+    )
     contrast = models.CharField(max_length=16, choices=ContrastRequirement.choices, default="any")
     min_slice_thickness_mm = models.FloatField(null=True, blank=True)
     max_slice_thickness_mm = models.FloatField(null=True, blank=True)
