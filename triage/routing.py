@@ -31,13 +31,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-
-if TYPE_CHECKING:
-    from triage.models import Series, Study
 
 logger = logging.getLogger(__name__)
 
@@ -431,48 +428,8 @@ def _threshold(value: Any) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Database side: routing stored series, seeding the defaults
+# Database side: seeding the defaults
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def series_tags_from_row(series: Series) -> SeriesTags:
-    """Routing tags from a stored Series row and its study."""
-    return SeriesTags(
-        modality=series.modality,
-        body_part=series.body_part,
-        study_description=series.study.study_description,
-        series_description=series.description,
-        contrast_agent=series.contrast_agent,
-        slice_thickness_mm=series.slice_thickness_mm,
-        image_type=tuple(v for v in series.image_type.split("\\") if v) if series.image_type else (),
-        instance_count=series.instance_count,
-        series_instance_uid=series.series_instance_uid,
-        series_number=series.series_number,
-    )
-
-
-@transaction.atomic
-def study_route_series(*, study: Study, series: Sequence[Series]) -> list[Series]:
-    """Route each series with the enabled rules, store model and reason on it, and return one series per finding.
-
-    Where several series go to one model, the one matched by the earliest rule wins, then the one with the most
-    images (the most complete coverage), then the lowest series number.
-    """
-    from triage.models import RoutingRule
-
-    rules = list(RoutingRule.objects.filter(enabled=True).order_by("order", "id"))
-    order_of = {rule.name: rule.order for rule in rules}
-    candidates: dict[str, list[tuple[int, int, int, Series]]] = {}
-    for row in series:
-        decision = route_series(series=series_tags_from_row(row), rules=rules)
-        row.routed_model, row.routing_reason = decision.model, decision.reason
-        row.save(update_fields=["routed_model", "routing_reason"])
-        if decision.model:
-            preference = (order_of.get(decision.rule, 0), -(row.instance_count or 0), row.series_number or 0)
-            candidates.setdefault(decision.model, []).append((*preference, row))
-    chosen = [min(rows, key=lambda c: c[:3])[3] for _, rows in sorted(candidates.items())]
-    logger.info("study %s: %d series checked, routed to %s", study.pk, len(series), [s.routed_model for s in chosen])
-    return chosen
 
 
 @transaction.atomic
@@ -489,6 +446,7 @@ def routing_seed_defaults(*, weights_dir: Path | None, reset: bool = False) -> d
         _seed_rule(spec, reset=reset, report=report)
     for defaults in default_model_configs(weights_dir):
         _seed_model(defaults, reset=reset, report=report)
+    logger.info("defaults seeded: %d created, %d updated", len(report["created"]), len(report["updated"]))
     if report["created"] or report["updated"]:
         audit_record(action="configuration.seeded", data={k: report[k] for k in ("created", "updated")})
     return report

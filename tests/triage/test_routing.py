@@ -321,35 +321,3 @@ def test_seed_command_follows_shipped_cards_and_resets_on_request(tmp_path: Path
     assert (followed.version, followed.weights_sha256, followed.threshold) == ("0.2.0", "cd" * 32, 0.9)
     assert reset.threshold == 0.37
     assert RoutingRule.objects.get(name="Head and neck CT angiography").enabled is True
-
-
-@pytest.mark.django_db
-def test_study_series_are_routed_stored_and_one_chosen_per_finding(tmp_path: Path) -> None:
-    from tests.factories import SeriesFactory, StudyFactory
-    from triage.routing import study_route_series
-
-    call_command("triage_seed_defaults", weights_dir=tmp_path)
-    study = StudyFactory(study_description="CT HEAD + CTA HEAD NECK")
-    common = {"study": study, "routed_model": "", "image_type": "ORIGINAL\\PRIMARY\\AXIAL", "body_part": "HEAD"}
-    thick = SeriesFactory(**common, series_instance_uid="1.1", description="Head 5mm", instance_count=32)
-    thin = SeriesFactory(
-        **common, series_instance_uid="1.2", description="Head 0.6", slice_thickness_mm=0.6, instance_count=250
-    )
-    cta = SeriesFactory(
-        **common,
-        series_instance_uid="1.3",
-        description="CTA 0.6",
-        slice_thickness_mm=0.6,
-        instance_count=480,
-        contrast_agent="Omnipaque",
-    )
-    scout = SeriesFactory(**{**common, "image_type": "ORIGINAL\\PRIMARY\\LOCALIZER"}, series_instance_uid="1.4")
-
-    chosen = study_route_series(study=study, series=[thick, thin, cta, scout])
-
-    assert [s.series_instance_uid for s in chosen] == ["1.2", "1.3"]
-    thick.refresh_from_db()
-    scout.refresh_from_db()
-    assert thick.routed_model == "ich"
-    assert scout.routed_model == ""
-    assert scout.routing_reason.startswith("no rule matched:")
