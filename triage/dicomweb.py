@@ -148,6 +148,23 @@ class Pacs:
             policy=self.policy,
         )
 
+    def first_instance_metadata(self, study_uid: str, series_uid: str) -> dict | None:
+        """One instance's metadata (DICOM JSON): enough to route a series without reading all of it."""
+        found = _pacs_call(
+            lambda: self.client.search_for_instances(study_uid, series_uid, limit=1),
+            what="instance search",
+            policy=self.policy,
+        )
+        sop_uid = json_value(found[0], "00080018") if found else None
+        if not sop_uid:
+            return None
+        metadata = _pacs_call(
+            lambda: self.client.retrieve_instance_metadata(study_uid, series_uid, sop_uid),
+            what="instance metadata",
+            policy=self.policy,
+        )
+        return metadata if isinstance(metadata, dict) else (metadata[0] if metadata else None)
+
     def search_series(self, study_uid: str) -> list[dict]:
         return _pacs_call(
             lambda: self.client.search_for_series(study_instance_uid=study_uid, get_remaining=True),

@@ -28,6 +28,7 @@ def is_retrieval(path: str) -> bool:
 class Faults:
     fail_next: int = 0
     fail_status: int = 503
+    fail_retrievals_next: int = 0
     delay_next: int = 0
     delay_seconds: float = 0.0
     gate_retrievals: bool = False
@@ -82,7 +83,7 @@ class PacsProxy:
                     faults.retrieval_started.set()
                     if faults.gate_retrievals:
                         faults.gate.wait(timeout=120)
-                if faults.take("fail_next"):
+                if faults.take("fail_next") or (is_retrieval(self.path) and faults.take("fail_retrievals_next")):
                     self._answer(faults.fail_status, b"injected failure", {"Content-Type": "text/plain"})
                     return
                 if faults.take("delay_next"):

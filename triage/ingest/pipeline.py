@@ -27,7 +27,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from triage.dicomweb import Pacs, PacsNotFound, PacsRequestRejected, SeriesTooLarge
+from triage.dicomweb import Pacs, PacsNotFound, PacsRequestRejected, SeriesTooLarge, json_value
 from triage.exceptions import PacsError
 from triage.ingest import jobs
 from triage.ingest.tags import series_defaults, study_tags_apply
@@ -107,57 +107,91 @@ def _job_run(job: TriageJob, owner: str, timings: dict[str, float]) -> str:
 
 
 def study_discover(*, job: TriageJob, owner: str, pacs: Pacs) -> list[Series] | None:
-    """QIDO the study's series, read one instance's metadata per CT series, store tags, route. None: not on PACS."""
+    """QIDO the study's CT series, read one instance's metadata each, store tags and routing. None: not on PACS."""
     study = job.study
     found = [s for s in pacs.search_series(study.study_instance_uid) if _modality(s) == "CT"]
-    if not found:
-        return None
     rows: list[Series] = []
+    first_instance: dict | None = None
     for item in found:
         jobs.job_lease_renew(job=job, owner=owner)
-        series_uid = item.get("0020000E", {}).get("Value", [None])[0]
-        metadata = pacs.series_metadata(study.study_instance_uid, series_uid)
-        if not metadata:
+        series_uid = json_value(item, "0020000E")
+        instance = pacs.first_instance_metadata(study.study_instance_uid, series_uid) if series_uid else None
+        if instance is None:
             continue
-        rows.append(_series_store(study=study, series_uid=series_uid, metadata=metadata))
-    if not rows:
+        first_instance = first_instance or instance
+        rows.append(_series_store(study=study, series_json=item, instance=instance))
+    if first_instance is None:
         return None
-    study_tags_apply(study=study, metadata=rows[0]._metadata)
+    study_tags_apply(study=study, metadata=[first_instance])
     return route_study(study=study, series=rows)
 
 
 def _modality(item: dict) -> str:
-    values = item.get("00080060", {}).get("Value") or [""]
-    return str(values[0]).upper()
+    return str(json_value(item, "00080060") or "").upper()
 
 
 @transaction.atomic
-def _series_store(*, study: Study, series_uid: str, metadata: list[dict]) -> Series:
-    defaults = series_defaults(metadata)
-    series, _ = Series.objects.update_or_create(series_instance_uid=series_uid, defaults={**defaults, "study": study})
-    series._metadata = metadata  # the first instance's tags, for the size check before retrieval
+def _series_store(*, study: Study, series_json: dict, instance: dict) -> Series:
+    """Upsert the series with its tags and its routing decision (kept for every series, routed or not)."""
+    from triage.routing import route_series, series_tags_from_dicom_json
+
+    tags = series_tags_from_dicom_json({}, series_json, instance)
+    decision = route_series(series=tags, rules=routing_rules())
+    defaults = {
+        **series_defaults([instance]),
+        "study": study,
+        "instance_count": tags.instance_count,
+        "routed_model": decision.model,
+        "routing_reason": decision.reason[:255],
+    }
+    series, _ = Series.objects.update_or_create(series_instance_uid=tags.series_instance_uid, defaults=defaults)
+    series._instance = instance  # its Rows and Columns give the size check before retrieval
     return series
 
 
+def routing_rules() -> list:
+    """The admins' rules; the shipped defaults only while the table is empty (disabled rules stay disabled)."""
+    from triage.models import RoutingRule
+    from triage.routing import default_routing_rules
+
+    rules = list(RoutingRule.objects.all())
+    return rules or default_routing_rules()
+
+
 def route_study(*, study: Study, series: list[Series]) -> list[Series]:
-    """Route each series with the admins' rules; store the decision; return the series to run, one per finding."""
-    from triage.routing import route_series
+    """One series per finding: for ICH the thickest routed series (standard 5 mm reads, least data), for LVO the
+    thinnest (CTA needs thin slices); ties go to the lower series number."""
+    chosen: dict[str, Series] = {}
+    for row in sorted(series, key=lambda s: (s.series_number is None, s.series_number or 0)):
+        if not row.routed_model:
+            continue
+        best = chosen.get(row.routed_model)
+        if best is None or _better(row, best):
+            chosen[row.routed_model] = row
+    return [chosen[finding] for finding in sorted(chosen)]
 
-    chosen = route_series(study=study, series=series)
-    return list(chosen)
+
+def _better(candidate: Series, best: Series) -> bool:
+    mine, theirs = candidate.slice_thickness_mm, best.slice_thickness_mm
+    if mine is None or theirs is None or mine == theirs:
+        return False
+    return mine > theirs if candidate.routed_model == "ich" else mine < theirs
 
 
-def series_volume(*, pacs: Pacs, series: Series, metadata: list[dict] | None = None) -> Any:
+def series_volume(*, pacs: Pacs, series: Series, instance: dict | None = None) -> Any:
     """Retrieve one series in its stored transfer syntax and assemble its HU volume, within the size limits."""
     from inference.dicom import VolumeError, assemble_volume, check_series_size
 
     max_bytes, max_instances = settings.TRIAGE_MAX_SERIES_BYTES, settings.TRIAGE_MAX_SERIES_INSTANCES
-    if metadata:
-        first = metadata[0]
-        rows, columns = _int_tag(first, "00280010"), _int_tag(first, "00280011")
+    if instance is not None and series.instance_count:
+        rows, columns = _int_tag(instance, "00280010"), _int_tag(instance, "00280011")
         if rows and columns:
             check_series_size(
-                instances=len(metadata), rows=rows, columns=columns, max_bytes=max_bytes, max_instances=max_instances
+                instances=series.instance_count,
+                rows=rows,
+                columns=columns,
+                max_bytes=max_bytes,
+                max_instances=max_instances,
             )
     try:
         datasets = pacs.retrieve_series(
@@ -185,7 +219,7 @@ def series_triage(
     jobs.job_lease_renew(job=job, owner=owner, state=JobState.FETCHING)
     try:
         with stage(timings, "fetch"):
-            volume = series_volume(pacs=pacs, series=series, metadata=getattr(series, "_metadata", None))
+            volume = series_volume(pacs=pacs, series=series, instance=getattr(series, "_instance", None))
     except VolumeError as err:
         outcome.rejections.append((series, err.code, err.message))
         return
