@@ -328,7 +328,9 @@ def _attempt(message: OutboxMessage) -> DeliveryOutcome:
     """Send one message; never raises for anything the EMR or the network does."""
     endpoint = message.endpoint
     try:
-        bundle = _with_patient_reference(endpoint, message.payload)
+        bundle, failed_lookup = _with_patient_reference(endpoint, message.payload)
+        if failed_lookup is not None:
+            return _response_outcome(endpoint, failed_lookup)
         response = fhirclient.fhir_request(endpoint, "POST", "", json_body=bundle)
     except fhirclient.FhirAuthError as err:
         state = OutboxState.PENDING if err.retryable else OutboxState.DEAD
@@ -338,27 +340,34 @@ def _attempt(message: OutboxMessage) -> DeliveryOutcome:
     return _response_outcome(endpoint, response)
 
 
-def _with_patient_reference(endpoint: FhirEndpoint, bundle: dict[str, Any]) -> dict[str, Any]:
+def _with_patient_reference(
+    endpoint: FhirEndpoint, bundle: dict[str, Any]
+) -> tuple[dict[str, Any], requests.Response | None]:
     """Add ``Patient/<id>`` beside the identifier when the EMR knows exactly one patient with it.
 
     Many EMRs (and the test server) search ``subject`` only by literal reference; a logical reference alone is
-    valid but cannot be found by patient.
+    valid but cannot be found by patient. A lookup the EMR refuses (4xx) leaves the logical reference; one that
+    fails in a way that may pass (5xx, 408, 429) is returned so the whole attempt is retried later.
     """
     subject = fhir.bundle_resource(bundle, "DiagnosticReport").get("subject", {})
     identifier = subject.get("identifier")
     if not endpoint.resolve_patient or not identifier:
-        return bundle
+        return bundle, None
     response = fhirclient.fhir_request(
         endpoint,
         "GET",
         "Patient",
         params={"identifier": f"{identifier['system']}|{identifier['value']}", "_count": "2", "_elements": "id"},
     )
+    if response.status_code >= 500 or response.status_code in RETRYABLE_STATUS:
+        return bundle, response
     if response.status_code != 200:
-        return bundle  # the lookup is a courtesy: a logical reference is still a valid report
-    matches = [e.get("resource", {}).get("id") for e in response.json().get("entry", [])]
+        return bundle, None  # the lookup is a courtesy: a logical reference is still a valid report
+    body = _json_or_none(response)
+    entries = body.get("entry", []) if isinstance(body, dict) else []
+    matches = [e.get("resource", {}).get("id") for e in entries]
     if len(matches) != 1 or not matches[0]:
-        return bundle
+        return bundle, None
     reference = f"Patient/{matches[0]}"
     entries = []
     for entry in bundle["entry"]:
@@ -366,7 +375,7 @@ def _with_patient_reference(endpoint: FhirEndpoint, bundle: dict[str, Any]) -> d
         if resource.get("subject", {}).get("identifier") == identifier:
             resource = {**resource, "subject": {**resource["subject"], "reference": reference}}
         entries.append({**entry, "resource": resource})
-    return {**bundle, "entry": entries}
+    return {**bundle, "entry": entries}, None
 
 
 def _response_outcome(endpoint: FhirEndpoint, response: requests.Response) -> DeliveryOutcome:

@@ -44,9 +44,10 @@ class Command(BaseCommand):
                 return
             if claimed == 0:
                 stop.wait(idle)
+            # Between rounds, so a database restart or a stale connection costs one round, not the process.
+            close_old_connections()
 
     def _beat(self, worker_id: str) -> float:
-        close_old_connections()
         try:
             worker_heartbeat(worker_id=worker_id, kind="outbox")
         except Exception as err:  # the loop boundary: the next beat may succeed
