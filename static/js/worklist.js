@@ -1,0 +1,511 @@
+/* The live worklist: a REST snapshot kept current by WebSocket events, re-sorted on every change.
+   Events carry a sequence number; a gap means something was missed, so the page reloads the snapshot.
+   AI output is advisory everywhere on this page: wording says "AI advisory", never a diagnosis. */
+(function () {
+  "use strict";
+
+  const config = JSON.parse(document.getElementById("worklist-config").textContent);
+  const LABELS = { ich: "ICH", lvo: "LVO" };
+  const NAMES = { ich: "intracranial hemorrhage", lvo: "large-vessel occlusion" };
+  const state = {
+    items: new Map(),
+    order: [],
+    seq: null,
+    selectedId: null,
+    openedId: null,
+    detail: null,
+    filters: { status: "open", finding: "", modality: "", mine: false },
+    socket: null,
+    retry: 0,
+    loading: null,
+    sound: localStorage.getItem("worklist.sound") !== "off",
+    audio: null,
+    alerted: new Set(),
+  };
+  const $ = (id) => document.getElementById(id);
+
+  // ---- helpers ---------------------------------------------------------------------------------------------
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = value;
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? "" : value);
+    }
+    for (const child of children.flat()) {
+      if (child !== null && child !== undefined && child !== false) node.append(child);
+    }
+    return node;
+  }
+
+  function csrfToken() {
+    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    return match ? decodeURIComponent(match[1]) : "";
+  }
+
+  async function api(path, options) {
+    const response = await fetch(config.api + path, {
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
+      ...options,
+    });
+    const body = response.headers.get("Content-Type")?.includes("json") ? await response.json() : null;
+    if (!response.ok) {
+      const message = body?.error?.message || `Request failed (${response.status})`;
+      throw Object.assign(new Error(message), { status: response.status, code: body?.error?.code });
+    }
+    return body;
+  }
+
+  function waited(item) {
+    const end = item.reported_at ? Date.parse(item.reported_at) : Date.now();
+    const minutes = Math.max(0, Math.floor((end - Date.parse(item.received_at)) / 60000));
+    if (minutes < 60) return `${minutes} min`;
+    const hours = Math.floor(minutes / 60);
+    return hours < 48 ? `${hours} h ${minutes % 60} min` : `${Math.floor(hours / 24)} d`;
+  }
+
+  function findingText(f) {
+    const name = LABELS[f.finding] || f.finding.toUpperCase();
+    const score = f.score.toFixed(2);
+    const threshold = f.threshold.toFixed(2);
+    return f.positive
+      ? `Suspected ${name} — AI advisory, score ${score} ≥ ${threshold}`
+      : `${name} not flagged — AI advisory, score ${score} < ${threshold}`;
+  }
+
+  function starving(item) {
+    return item.status === "waiting" && Date.now() > Date.parse(item.starving_at);
+  }
+
+  // ---- ordering and filtering (mirrors worklist.priority and the API's ORDER BY) --------------------------
+  function compare(a, b) {
+    return (
+      starving(b) - starving(a) ||
+      b.sort_key - a.sort_key ||
+      Date.parse(a.received_at) - Date.parse(b.received_at) ||
+      a.id - b.id
+    );
+  }
+
+  function matches(item) {
+    const f = state.filters;
+    const statuses = f.status === "open" ? ["waiting", "in_progress"] : [f.status];
+    if (!statuses.includes(item.status)) return false;
+    if (f.finding && !item.findings.some((x) => x.finding === f.finding && x.positive)) return false;
+    if (f.modality && !item.modality.toUpperCase().includes(f.modality.toUpperCase())) return false;
+    if (f.mine && item.claimed_by !== config.username) return false;
+    return true;
+  }
+
+  function resort() {
+    state.order = [...state.items.values()].sort(compare);
+    state.order.forEach((item, n) => (item.rank = n + 1));
+  }
+
+  // ---- snapshot and live events ----------------------------------------------------------------------------
+  function query() {
+    const f = state.filters;
+    const params = new URLSearchParams({ status: f.status, limit: config.page_size });
+    if (f.finding) params.set("finding", f.finding);
+    if (f.modality) params.set("modality", f.modality);
+    if (f.mine) params.set("claimed_by", "me");
+    return `worklist/?${params}`;
+  }
+
+  async function loadSnapshot() {
+    if (state.loading) return state.loading;
+    state.loading = (async () => {
+      try {
+        const body = await api(query());
+        state.items = new Map(body.results.map((item) => [item.id, item]));
+        state.seq = body.seq;
+        for (const item of body.results) if (item.acknowledged || !item.critical) state.alerted.add(item.id);
+        resort();
+        render();
+      } catch (err) {
+        toast(err.message);
+      } finally {
+        state.loading = null;
+      }
+    })();
+    return state.loading;
+  }
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}${config.ws_path}`);
+    state.socket = socket;
+    setConnection("conn-off", "Connecting…");
+    socket.onopen = () => {
+      state.retry = 0;
+      setConnection("conn-live", "Live");
+    };
+    socket.onmessage = (message) => onEvent(JSON.parse(message.data));
+    socket.onclose = () => {
+      setConnection("conn-off", "Offline — retrying");
+      const delay = Math.min(30000, 500 * 2 ** state.retry++);
+      setTimeout(connect, delay);
+    };
+  }
+
+  async function onEvent(event) {
+    if (event.type === "hello") {
+      // Whatever happened while disconnected, the snapshot is the truth.
+      await loadSnapshot();
+      return;
+    }
+    if (event.type !== "item") return;
+    if (state.loading) await state.loading;
+    if (state.seq !== null && event.seq <= state.seq) return; // already in the snapshot
+    if (state.seq === null || event.seq !== state.seq + 1) {
+      setConnection("conn-resync", "Resynchronising…");
+      await loadSnapshot();
+      setConnection("conn-live", "Live");
+      return;
+    }
+    state.seq = event.seq;
+    applyItem(event.item);
+  }
+
+  function applyItem(item) {
+    const previous = state.items.get(item.id);
+    if (matches(item)) state.items.set(item.id, item);
+    else state.items.delete(item.id);
+    resort();
+    render();
+    if (state.items.has(item.id) && item.critical && !item.acknowledged && !state.alerted.has(item.id)) {
+      state.alerted.add(item.id);
+      raiseAlert(item);
+    }
+    if (previous && !previous.escalated && item.escalated) raiseAlert(item, true);
+  }
+
+  // ---- alerts ----------------------------------------------------------------------------------------------
+  function raiseAlert(item, escalated) {
+    const positive = item.findings.filter((f) => f.positive).map(findingText).join("; ");
+    const prefix = escalated ? "Unacknowledged — escalated" : "New critical study";
+    const alert = $("alert");
+    alert.replaceChildren(
+      el("strong", { text: `${prefix}: ` }),
+      el("span", { text: `${positive} · rank ${item.rank} · ${item.study_description || item.accession_number}` }),
+      el("button", { type: "button", text: "Show", onclick: () => select(item.id, true) }),
+      el("button", { type: "button", text: "Dismiss", onclick: () => (alert.hidden = true) })
+    );
+    alert.hidden = false;
+    alert.classList.remove("flash");
+    void alert.offsetWidth; // restart the animation
+    alert.classList.add("flash");
+    beep();
+  }
+
+  function beep() {
+    if (!state.sound) return;
+    try {
+      state.audio = state.audio || new (window.AudioContext || window.webkitAudioContext)();
+      const ctx = state.audio;
+      [0, 0.25].forEach((offset) => {
+        const osc = ctx.createOscillator();
+        const gain = ctx.createGain();
+        osc.frequency.value = 880;
+        gain.gain.setValueAtTime(0.0001, ctx.currentTime + offset);
+        gain.gain.exponentialRampToValueAtTime(0.3, ctx.currentTime + offset + 0.02);
+        gain.gain.exponentialRampToValueAtTime(0.0001, ctx.currentTime + offset + 0.18);
+        osc.connect(gain).connect(ctx.destination);
+        osc.start(ctx.currentTime + offset);
+        osc.stop(ctx.currentTime + offset + 0.2);
+      });
+    } catch (err) {
+      /* no audio device: the visual alert stands */
+    }
+  }
+
+  function setSound(on) {
+    state.sound = on;
+    localStorage.setItem("worklist.sound", on ? "on" : "off");
+    const button = $("sound-toggle");
+    button.textContent = on ? "Sound on" : "Sound off";
+    button.setAttribute("aria-pressed", String(on));
+  }
+
+  function setConnection(cls, text) {
+    const node = $("connection");
+    node.className = `conn ${cls}`;
+    node.textContent = text;
+  }
+
+  let toastTimer = null;
+  function toast(text) {
+    let node = $("toast");
+    if (!node) node = document.body.appendChild(el("div", { id: "toast", class: "toast", role: "status" }));
+    node.textContent = text;
+    node.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => (node.hidden = true), 5000);
+  }
+
+  // ---- rendering -------------------------------------------------------------------------------------------
+  function render() {
+    const rows = state.order.map(renderRow);
+    $("rows").replaceChildren(...rows);
+    $("empty").hidden = rows.length > 0;
+    if (state.selectedId === null && state.order.length) state.selectedId = state.order[0].id;
+    if (state.selectedId !== null && !state.items.has(state.selectedId)) state.selectedId = state.order[0]?.id ?? null;
+    highlight();
+    renderDetail();
+  }
+
+  function renderRow(item) {
+    const findings = item.findings.length
+      ? item.findings.map((f) =>
+          el("div", { class: f.positive ? "finding pos" : "finding neg", text: findingText(f) })
+        )
+      : [el("span", { class: "muted", text: "No AI result yet" })];
+    const badges = [];
+    if (item.starving) badges.push(el("span", { class: "badge starving", text: "waited past cap" }));
+    if (item.pinned) badges.push(el("span", { class: "badge pinned", text: "pinned" }));
+    if (item.escalated && !item.acknowledged) badges.push(el("span", { class: "badge escalated", text: "escalated" }));
+    if (item.critical && !item.acknowledged) badges.push(el("span", { class: "badge unack", text: "not acknowledged" }));
+    if (item.critical && item.acknowledged) badges.push(el("span", { class: "badge ack", text: "acknowledged" }));
+    const status =
+      item.status === "in_progress" ? `Claimed by ${item.claimed_by}` : item.status === "reported" ? "Reported" : "Waiting";
+    return el(
+      "tr",
+      {
+        "data-id": item.id,
+        "data-uid": item.study_instance_uid,
+        class: ["row", item.critical ? "critical" : "", item.status === "in_progress" ? "claimed" : ""].join(" "),
+        onclick: () => select(item.id, true),
+      },
+      el("td", { class: "rank", text: String(item.rank) }),
+      el("td", {}, el("span", { class: `prio prio-${item.priority}`, text: item.priority.toUpperCase() }), ...badges),
+      el("td", {}, ...findings),
+      el(
+        "td",
+        {},
+        el("div", { text: item.study_description || "—" }),
+        el("div", { class: "muted small", text: `${item.modality} · Acc ${item.accession_number || "—"}` })
+      ),
+      el("td", { class: item.starving ? "waiting starving" : "waiting", text: waited(item) }),
+      el("td", { class: "status", text: status })
+    );
+  }
+
+  function highlight() {
+    for (const row of $("rows").children) {
+      const on = Number(row.dataset.id) === state.selectedId;
+      row.classList.toggle("selected", on);
+      row.setAttribute("aria-selected", String(on));
+    }
+  }
+
+  function selectedItem() {
+    return state.items.get(state.selectedId) || null;
+  }
+
+  function select(id, open) {
+    state.selectedId = id;
+    highlight();
+    $("rows").querySelector(`tr[data-id="${id}"]`)?.scrollIntoView({ block: "nearest" });
+    if (open) openDetail();
+    else if (state.openedId !== id) {
+      state.detail = null;
+      renderDetail();
+    }
+  }
+
+  async function openDetail() {
+    const item = selectedItem();
+    if (!item) return;
+    try {
+      state.detail = await api(`studies/${item.study_instance_uid}/`); // audited as a view
+      state.openedId = item.id;
+      renderDetail();
+    } catch (err) {
+      toast(err.message);
+    }
+  }
+
+  function renderDetail() {
+    const panel = $("detail");
+    const item = selectedItem();
+    if (!item) {
+      panel.replaceChildren(el("p", { class: "muted", text: "No study selected." }));
+      return;
+    }
+    const detail = state.openedId === item.id ? state.detail : null;
+    const verdicts = new Map((detail?.findings || []).map((f) => [f.id, f.my_verdict]));
+    const mine = item.claimed_by === config.username;
+    const actions = el(
+      "div",
+      { class: "actions" },
+      item.status === "waiting" && el("button", { type: "button", "data-action": "claim", text: "Claim (c)", onclick: () => act("claim") }),
+      mine && item.status === "in_progress" && el("button", { type: "button", "data-action": "release", text: "Release (r)", onclick: () => act("release") }),
+      item.critical && !item.acknowledged && el("button", { type: "button", class: "warn", "data-action": "acknowledge", text: "Acknowledge (a)", onclick: () => act("acknowledge") }),
+      item.status !== "reported" && (mine || !item.claimed_by) && el("button", { type: "button", "data-action": "report", text: "Mark reported (d)", onclick: () => act("report") }),
+      item.viewer_url && el("a", { class: "button", href: item.viewer_url, target: "_blank", rel: "noopener", text: "Open in viewer (v)" })
+    );
+    const pin = el(
+      "select",
+      { "aria-label": "Pin priority", onchange: (e) => pinLevel(e.target.value) },
+      el("option", { value: "", text: item.pinned ? "Unpin (rule decides)" : "Rule decides" }),
+      ...["routine", "high", "asap", "stat", "critical"].map((label, level) =>
+        el("option", { value: String(level), text: `Pin: ${label}`, selected: item.pinned && item.priority_level === level })
+      )
+    );
+    const findings = item.findings.map((f) =>
+      el(
+        "div",
+        { class: f.positive ? "dfinding pos" : "dfinding neg" },
+        el("div", { class: "ftext", text: findingText(f) }),
+        el("div", { class: "muted small", text: `${f.model} ${f.model_version} · ${NAMES[f.finding] || f.finding}` }),
+        f.key_image_url &&
+          el(
+            "figure",
+            { class: "keyimg" },
+            el("img", { src: f.key_image_url, alt: `Key image with AI heatmap for ${LABELS[f.finding] || f.finding}`, loading: "lazy" }),
+            el("figcaption", { text: "Key image · heatmap overlay is AI output (advisory)" })
+          ),
+        el(
+          "div",
+          { class: "feedback", role: "group", "aria-label": "Your feedback on this AI finding" },
+          ...["agree", "disagree", "unsure"].map((verdict) =>
+            el("button", {
+              type: "button",
+              "data-verdict": verdict,
+              "aria-pressed": String(verdicts.get(f.id) === verdict),
+              class: verdicts.get(f.id) === verdict ? "chosen" : "",
+              text: verdict[0].toUpperCase() + verdict.slice(1),
+              onclick: () => feedback(f.id, verdict),
+            })
+          )
+        )
+      )
+    );
+    const series = detail
+      ? el("ul", { class: "series small" }, ...detail.series.map((s) => el("li", { text: `${s.modality} ${s.description || ""} · ${s.instance_count ?? "?"} images${s.routed_model ? ` → ${s.routed_model.toUpperCase()}` : ""}` })))
+      : el("p", { class: "muted small", text: "Enter opens the study (series, your feedback)." });
+    panel.replaceChildren(
+      el("h2", { text: `#${item.rank} ${item.study_description || "Study"}` }),
+      el("p", { class: "muted small", text: `Acc ${item.accession_number || "—"} · received ${new Date(item.received_at).toLocaleTimeString()} · waiting ${waited(item)}` }),
+      actions,
+      el("label", { class: "small" }, "Priority ", pin),
+      el("p", { class: "advisory", text: "AI findings are advisory: they order the list, they are not a diagnosis." }),
+      ...(findings.length ? findings : [el("p", { class: "muted", text: "No AI result yet." })]),
+      series
+    );
+  }
+
+  // ---- actions ---------------------------------------------------------------------------------------------
+  async function act(action) {
+    const item = selectedItem();
+    if (!item) return;
+    try {
+      const updated = await api(`studies/${item.study_instance_uid}/${action}/`, { method: "POST" });
+      state.items.has(updated.id) && state.items.set(updated.id, { ...updated, rank: item.rank });
+      if (!matches(updated)) state.items.delete(updated.id);
+      resort();
+      render();
+      renderDetail();
+    } catch (err) {
+      toast(err.message);
+    }
+  }
+
+  async function pinLevel(value) {
+    const item = selectedItem();
+    if (!item) return;
+    try {
+      await api(`studies/${item.study_instance_uid}/pin/`, {
+        method: "POST",
+        body: JSON.stringify({ level: value === "" ? null : Number(value) }),
+      });
+    } catch (err) {
+      toast(err.message);
+    }
+  }
+
+  async function feedback(resultId, verdict) {
+    try {
+      await api(`results/${resultId}/feedback/`, { method: "POST", body: JSON.stringify({ verdict }) });
+      if (state.detail) {
+        const f = state.detail.findings.find((x) => x.id === resultId);
+        if (f) f.my_verdict = verdict;
+      } else {
+        await openDetail();
+      }
+      renderDetail();
+      toast(`Feedback recorded: ${verdict}`);
+    } catch (err) {
+      toast(err.message);
+    }
+  }
+
+  // ---- keyboard and controls -------------------------------------------------------------------------------
+  function move(step) {
+    if (!state.order.length) return;
+    const index = state.order.findIndex((item) => item.id === state.selectedId);
+    const next = Math.min(state.order.length - 1, Math.max(0, index + step));
+    select(state.order[next].id, false);
+  }
+
+  function onKey(event) {
+    if (event.target.closest("input, select, textarea") || event.ctrlKey || event.metaKey || event.altKey) {
+      if (event.key === "Escape") event.target.blur();
+      return;
+    }
+    const item = selectedItem();
+    const keys = {
+      j: () => move(1),
+      ArrowDown: () => move(1),
+      k: () => move(-1),
+      ArrowUp: () => move(-1),
+      Enter: () => openDetail(),
+      c: () => act("claim"),
+      r: () => act("release"),
+      a: () => act("acknowledge"),
+      d: () => act("report"),
+      m: () => setSound(!state.sound),
+      v: () => item?.viewer_url && window.open(item.viewer_url, "_blank", "noopener"),
+      "/": () => $("f-status").focus(),
+      1: () => item?.findings[0] && feedback(item.findings[0].id, "agree"),
+      2: () => item?.findings[0] && feedback(item.findings[0].id, "disagree"),
+      3: () => item?.findings[0] && feedback(item.findings[0].id, "unsure"),
+    };
+    const handler = keys[event.key];
+    if (handler) {
+      event.preventDefault();
+      handler();
+    }
+  }
+
+  function bindFilters() {
+    for (const input of document.querySelectorAll("[data-filter]")) {
+      input.addEventListener("change", () => {
+        const key = input.dataset.filter;
+        state.filters[key] = input.type === "checkbox" ? input.checked : input.value.trim();
+        state.detail = null;
+        loadSnapshot();
+      });
+    }
+  }
+
+  function start() {
+    setSound(state.sound);
+    $("sound-toggle").addEventListener("click", () => setSound(!state.sound));
+    document.addEventListener("keydown", onKey);
+    bindFilters();
+    const wanted = Number(new URLSearchParams(location.search).get("item"));
+    loadSnapshot().then(() => wanted && state.items.has(wanted) && select(wanted, true));
+    connect();
+    // Waiting times and the starving tier move with the clock, without any event.
+    setInterval(() => {
+      resort();
+      render();
+    }, 15000);
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();
