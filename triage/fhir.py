@@ -77,7 +77,7 @@ class ReportSpec:
     fhir_version: str
     patient_id_system: str
     recorded_at: datetime
-    note: str = ""
+    note: str = ""  # said in the conclusion and on the Observation: a radiologist's dispute, a retraction's reason
 
 
 def fhir_id(*parts: str) -> str:
@@ -164,7 +164,7 @@ def conclusion_text(*, result: TriageResult, spec: ReportSpec) -> str:
     )
     prefix = {
         "amended": "Amended result. ",
-        "corrected": "Corrected: a radiologist has marked this AI finding as incorrect. ",
+        "corrected": "Corrected result. ",
         "entered-in-error": "Withdrawn: this AI result was entered in error and must be disregarded. ",
     }.get(spec.status, "")
     note = f" {spec.note}" if spec.note else ""
@@ -257,7 +257,7 @@ def observation_resource(*, study: Study, result: TriageResult, spec: ReportSpec
             "coding": [PRESENT if result.positive else ABSENT],
             "text": "Suspected by AI (advisory)" if result.positive else "Not suspected by AI (advisory)",
         },
-        "note": [{"text": ADVISORY}],
+        "note": [{"text": ADVISORY}, *([{"text": spec.note}] if spec.note else [])],
         "device": _device_ref(result),
         "derivedFrom": [_study_ref(uid)],
         "component": _components(result),

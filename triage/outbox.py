@@ -37,7 +37,8 @@ BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 600.0
 RETRY_AFTER_CAP_SECONDS = 3600.0
 RETRYABLE_STATUS = frozenset({408, 429})
-CORRECTION_REASONS = frozenset({"correction"})
+CORRECTION_REASONS = frozenset({"correction", "radiologist_disagrees"})
+DISPUTED_NOTE = "A radiologist has marked this AI finding as incorrect."
 
 
 @dataclass
@@ -158,14 +159,7 @@ def _version_enqueue(
         _supersede_undelivered(versions)
         return None
     status = _next_status(may_exist=may_exist, reason=reason, retract=retract)
-    spec = fhir.ReportSpec(
-        status=status,
-        reason=reason,
-        fhir_version=endpoint.fhir_version,
-        patient_id_system=endpoint.patient_id_system,
-        recorded_at=timezone.now(),
-        note=f"Reason: {reason}." if retract else "",
-    )
+    spec = _spec(endpoint=endpoint, result=result, status=status, reason=reason)
     bundle = fhir.report_bundle_build(study=study, result=result, spec=spec)
     digest = fhir.content_hash(bundle)
     live = (OutboxState.PENDING, OutboxState.SENDING, OutboxState.SENT)
@@ -183,6 +177,22 @@ def _version_enqueue(
         content_hash=digest,
         result_ids=[result.pk],
         payload=bundle,
+    )
+
+
+def _spec(*, endpoint: FhirEndpoint, result: TriageResult, status: str, reason: str) -> fhir.ReportSpec:
+    if status == "entered-in-error":
+        note = f"Reason: {reason}."
+    else:
+        # Said in every later version too: the dispute stands until the result itself changes.
+        note = DISPUTED_NOTE if result.feedback.filter(verdict="disagree").exists() else ""
+    return fhir.ReportSpec(
+        status=status,
+        reason=reason,
+        fhir_version=endpoint.fhir_version,
+        patient_id_system=endpoint.patient_id_system,
+        recorded_at=timezone.now(),
+        note=note,
     )
 
 
@@ -251,14 +261,7 @@ def _payload_rebuild(message: OutboxMessage) -> None:
     result = TriageResult.objects.filter(pk__in=message.result_ids).select_related("series").first()
     if result is None:
         return
-    spec = fhir.ReportSpec(
-        status=message.report_status,
-        reason=message.reason,
-        fhir_version=message.endpoint.fhir_version,
-        patient_id_system=message.endpoint.patient_id_system,
-        recorded_at=timezone.now(),
-        note=f"Reason: {message.reason}." if message.report_status == "entered-in-error" else "",
-    )
+    spec = _spec(endpoint=message.endpoint, result=result, status=message.report_status, reason=message.reason)
     message.payload = fhir.report_bundle_build(study=message.study, result=result, spec=spec)
     message.content_hash = fhir.content_hash(message.payload)
 

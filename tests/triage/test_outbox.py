@@ -30,6 +30,7 @@ from triage.outbox import (
     outbox_requeue,
     outbox_retract,
 )
+from worklist.models import Feedback
 
 PATIENT_SYSTEM = "urn:oid:1.2.3.4.5.6"
 
@@ -181,16 +182,30 @@ def test_amendment_replaces_the_report_rather_than_adding_one(endpoint, fhir_emr
     assert fhir_emr.search("Observation", code=f"{fhir.CODE_SYSTEM}|ich")["total"] == 1
 
 
-def test_radiologist_correction_marks_the_report_corrected(endpoint, fhir_emr):
+def test_radiologist_disagreement_marks_the_report_corrected(endpoint, fhir_emr, radiologist):
     result = make_result()
     outbox_enqueue_report(study=result.study, finding="ich")
     outbox_deliver_due(limit=10)
+    Feedback.objects.create(result=result, user=radiologist, verdict="disagree", model_version=result.model_version)
 
-    (message,) = outbox_enqueue_report(study=result.study, finding="ich", reason="correction")
+    (message,) = outbox_enqueue_report(study=result.study, finding="ich", reason="radiologist_disagrees")
     outbox_deliver_due(limit=10)
 
     (stored,) = stored_reports(fhir_emr, result)
     assert message.report_status == stored["status"] == "corrected"
+    assert "radiologist has marked this AI finding as incorrect" in stored["conclusion"]
+
+
+def test_disagreement_before_the_first_delivery_is_in_the_first_report(endpoint, fhir_emr, radiologist):
+    result = make_result()
+    outbox_enqueue_report(study=result.study, finding="ich")
+    Feedback.objects.create(result=result, user=radiologist, verdict="disagree", model_version=result.model_version)
+
+    (message,) = outbox_enqueue_report(study=result.study, finding="ich", reason="radiologist_disagrees")
+    outbox_deliver_due(limit=10)
+
+    (stored,) = stored_reports(fhir_emr, result)
+    assert message.report_status == stored["status"] == "preliminary"
     assert "radiologist has marked this AI finding as incorrect" in stored["conclusion"]
 
 
@@ -627,3 +642,35 @@ def test_a_401_from_the_emr_drops_the_cached_token_and_retries(db, settings, mon
     assert emr.token_requests == 2
     assert emr.authorizations == ["Bearer access-1", "Bearer access-2"]
     assert OutboxMessage.objects.get().state == "sent"
+
+
+@pytest.mark.postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_workers_send_each_message_once(fhir_emr, settings):
+    from django.db import connection
+
+    settings.TRIAGE_FHIR_BASE_URL = None
+    FhirEndpoint.objects.create(name="emr", base_url=fhir_emr.base_url, resolve_patient=False, timeout_seconds=5)
+    results = [make_result() for _ in range(24)]
+    for result in results:
+        outbox_enqueue_report(study=result.study, finding="ich")
+    sent: list[int] = []
+    start = threading.Barrier(3)
+
+    def worker(name: str) -> None:
+        try:
+            start.wait(timeout=10)
+            while (summary := outbox_deliver_due(limit=4, worker_id=name)).claimed:
+                sent.extend(summary.message_ids)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sorted(sent) == sorted(OutboxMessage.objects.values_list("pk", flat=True))
+    assert fhir_emr.control()["requests"] == len(results)
+    assert set(OutboxMessage.objects.values_list("attempts", flat=True)) == {1}
