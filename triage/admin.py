@@ -145,6 +145,8 @@ class AuditEventAdmin(admin.ModelAdmin):
 @admin.register(models.DicomWebSource)
 class DicomWebSourceAdmin(AuditedModelAdmin):
     list_display = ("name", "url", "enabled", "last_polled_at")
+    # Runtime state kept by the poller, not configuration.
+    readonly_fields = ("poll_cursor", "last_polled_at", "last_error", "created_at")
 
 
 class SeriesInline(admin.TabularInline):

@@ -31,7 +31,9 @@ from triage.validation import baseline_scores
 PERIODS = {"day": 28, "week": 12}  # buckets shown per period
 MIN_BASELINE = 30
 BASELINE_WEEKS = 4
-MIN_PSI_CASES = 20
+# Two samples of one distribution already differ by about (bins - 1) * (1/n + 1/m) in PSI: with 10 bins and 20
+# studies that is near 0.5, so a period is judged only from 100 studies up (about 0.1 of noise).
+MIN_PSI_CASES = 100
 SCORE_EDGES = [i / 10 for i in range(11)]
 
 

@@ -163,7 +163,7 @@ def model_threshold_set(
 def _results_reevaluate(
     *, model_config: ModelConfig, threshold: float, source: DicomWebSource | None
 ) -> list[TriageResult]:
-    results = list(_results_under_threshold(model_config=model_config, source=source).select_for_update())
+    results = list(_results_under_threshold(model_config=model_config, source=source).select_for_update(of=("self",)))
     flipped = []
     for result in results:
         positive = result.score >= threshold
