@@ -96,17 +96,33 @@ def sample(head: HeadModel, grid: Grid, box: tuple[slice, slice, slice], channel
     shape = [s.stop - s.start for s in box]
     out = np.empty((len(channels), *shape), dtype=np.float32)
     src = head.tensor[:, list(channels)]
-    size = np.asarray(head.channels.shape[1:], dtype=np.float32)
-    step = max(1, 2_000_000 // max(1, shape[1] * shape[2]))
+    to_model = grid.matrix / head.res_mm
+    model_offset = (grid.offset - head.origin) / head.res_mm
+    to_norm = 2.0 / (np.asarray(head.channels.shape[1:], dtype=float) - 1.0)
+    step = max(1, 4_000_000 // max(1, shape[1] * shape[2]))
     for z0 in range(0, shape[0], step):
-        sub = (slice(box[0].start + z0, min(box[0].stop, box[0].start + z0 + step)), box[1], box[2])
-        idx = (grid.canon(sub) - head.origin.astype(np.float32)[:, None, None, None]) / np.float32(head.res_mm)
-        norm = idx * (2.0 / (size - 1.0))[:, None, None, None] - 1.0
-        coords = torch.from_numpy(np.ascontiguousarray(np.moveaxis(norm[::-1], 0, -1)))[None]
+        start = np.array([box[0].start + z0, box[1].start, box[2].start], dtype=float)
+        size = np.array([min(step, shape[0] - z0), shape[1], shape[2]])
+        coords = _normalised_coords(
+            to_norm[:, None] * to_model, to_norm * (to_model @ start + model_offset) - 1.0, size
+        )
         with torch.no_grad():
-            res = torch.nn.functional.grid_sample(src, coords, mode="bilinear", align_corners=True)
-        out[:, z0 : z0 + res.shape[2]] = res[0].numpy()
+            res = torch.nn.functional.grid_sample(
+                src, torch.from_numpy(coords)[None], mode="bilinear", align_corners=True
+            )
+        out[:, z0 : z0 + size[0]] = res[0].numpy()
     out += _PAD[list(channels), None, None, None]
+    return out
+
+
+def _normalised_coords(linear: np.ndarray, shift: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """grid_sample's (dz, dy, dx, 3) grid (last axis x, y, z) for model coordinates ``linear @ index + shift``."""
+    axes = [np.arange(n, dtype=np.float32) for n in size]
+    out = np.empty((*size.tolist(), 3), dtype=np.float32)
+    for r in range(3):
+        m = linear[r].astype(np.float32)
+        plane = m[1] * axes[1][:, None] + m[2] * axes[2][None, :] + np.float32(shift[r])
+        np.add(plane[None], (m[0] * axes[0])[:, None, None], out=out[..., 2 - r])
     return out
 
 

@@ -12,7 +12,7 @@ from inference.phantoms import scanner
 from inference.phantoms.geometry import Grid
 from inference.phantoms.scene import Canvas, draw_pose, resolve_anatomy
 from inference.phantoms.types import Phantom
-from inference.phantoms.vessels import Vessel, build_tree, paint_sinuses, paint_tube, resample
+from inference.phantoms.vessels import Vessel, build_tree, paint_polyline, paint_sinuses, paint_tube, resample
 
 _STREAM = 0x17A0
 LVO_SUBTYPES = ("ica_t", "m1")
@@ -234,26 +234,31 @@ def _length(vessel: Vessel) -> float:
 
 def _paint_arteries(canvas: Canvas, tree: dict[tuple[str, int], Vessel], plan: Plan, *, lesion: bool) -> None:
     """Patent lumen first, thrombus last so the clot is not painted over where branches meet."""
-    clots: list[tuple[np.ndarray, np.ndarray, float, float]] = []
+    clots: list[tuple[np.ndarray, np.ndarray]] = []
     for key, vessel in tree.items():
         pts, radii, s = resample(vessel)
+        mids = 0.5 * (s[:-1] + s[1:])
         span = plan.thrombus.get(key)
         narrow = plan.narrowing.get(key)
+        if narrow is not None:
+            radii = radii * np.where((s >= narrow[0]) & (s <= narrow[1]), narrow[2], 1.0)
         base = plan.arterial * (0.92 if vessel.name.startswith(("m2", "m3", "a2", "p2")) else 1.0)
-        for i in range(len(pts) - 1):
-            mid = 0.5 * (s[i] + s[i + 1])
-            r0, r1 = radii[i], radii[i + 1]
-            if narrow is not None and narrow[0] <= mid <= narrow[1]:
-                r0, r1 = r0 * narrow[2], r1 * narrow[2]
-            if span is not None and span[0] <= mid <= span[1]:
-                clots.append((pts[i], pts[i + 1], r0, r1))
-                continue
-            value = base * _fill_factor(plan, key, mid, span)
-            paint_tube(canvas, pts[i], pts[i + 1], r0, r1, max(value, 40.0))
+        values = np.array([max(base * _fill_factor(plan, key, m, span), 40.0) for m in mids])
+        clot = np.zeros(len(mids), dtype=bool) if span is None else (mids >= span[0]) & (mids <= span[1])
+        for run in _runs(~clot):
+            paint_polyline(canvas, pts[run[0] : run[1] + 1], radii[run[0] : run[1] + 1], values[run[0] : run[1]])
+        clots.extend((pts[a : b + 1], radii[a : b + 1]) for a, b in _runs(clot))
     if ("a1", 1) in tree and ("a1", -1) in tree:
         paint_tube(canvas, tree[("a1", 1)].points[-1], tree[("a1", -1)].points[-1], 0.7, 0.7, plan.arterial)
-    for p0, p1, r0, r1 in clots:
-        paint_tube(canvas, p0, p1, r0, r1, plan.thrombus_hu, lesion=lesion)
+    for pts, radii in clots:
+        paint_polyline(canvas, pts, radii, np.full(len(pts) - 1, plan.thrombus_hu), lesion=lesion)
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of True pieces."""
+    padded = np.concatenate([[False], flags, [False]])
+    edges = np.flatnonzero(np.diff(padded.astype(int)))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
 def _fill_factor(plan: Plan, key: tuple[str, int], mid: float, span: tuple[float, float] | None) -> float:

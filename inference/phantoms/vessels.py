@@ -97,7 +97,7 @@ def arclength(points: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
 
 
-def resample(vessel: Vessel, step: float = 2.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def resample(vessel: Vessel, step: float = 3.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points every ``step`` mm along the centreline, with radii and arclength."""
     s = arclength(vessel.points)
     t = np.linspace(0.0, s[-1], max(2, int(np.ceil(s[-1] / step)) + 1))
@@ -105,23 +105,52 @@ def resample(vessel: Vessel, step: float = 2.5) -> tuple[np.ndarray, np.ndarray,
     return pts, np.interp(t, s, vessel.radii), t
 
 
+_RUN = 3  # cones per painted box
+
+
 def paint_tube(
     canvas: Canvas, p0: np.ndarray, p1: np.ndarray, r0: float, r1: float, value: float, *, lesion: bool = False
 ) -> int:
     """A truncated cone between two centreline points, with a partial-volume edge."""
-    reach = max(r0, r1) + 3.0
-    lo, hi = np.minimum(p0, p1) - reach, np.maximum(p0, p1) + reach
-    axis = p1 - p0
-    length2 = float(axis @ axis) + 1e-6
+    return paint_polyline(canvas, np.stack([p0, p1]), np.array([r0, r1]), np.array([value]), lesion=lesion)
 
-    def painter(region: Region) -> tuple[np.ndarray, float]:
-        rel = region.coords - p0[:, None, None, None].astype(np.float32)
-        t = np.clip((rel[0] * axis[0] + rel[1] * axis[1] + rel[2] * axis[2]) / length2, 0.0, 1.0)
-        closest = t[None] * axis[:, None, None, None].astype(np.float32)
-        d = np.sqrt(np.sum((rel - closest) ** 2, axis=0))
-        return edge(r0 + (r1 - r0) * t - d, region.voxel_mm), value
+
+def paint_polyline(
+    canvas: Canvas, points: np.ndarray, radii: np.ndarray, values: np.ndarray, *, lesion: bool = False
+) -> int:
+    """Consecutive truncated cones (``values[i]`` between points i and i + 1) in one pass over their bounding box:
+    each voxel takes the value of the cone it lies deepest in. Long lines go in short runs to keep the boxes small."""
+    if len(points) > _RUN + 1:
+        return sum(
+            paint_polyline(
+                canvas, points[i : i + _RUN + 1], radii[i : i + _RUN + 1], values[i : i + _RUN], lesion=lesion
+            )
+            for i in range(0, len(points) - 1, _RUN)
+        )
+    reach = float(radii.max()) + 2.0
+    lo, hi = points.min(axis=0) - reach, points.max(axis=0) + reach
+
+    def painter(region: Region) -> tuple[np.ndarray, np.ndarray]:
+        best = np.full(region.coords.shape[1:], -1e9, dtype=np.float32)
+        value = np.zeros_like(best)
+        for i in range(len(points) - 1):
+            depth = _cone_depth(region.coords, points[i], points[i + 1], radii[i], radii[i + 1])
+            better = depth > best
+            best = np.where(better, depth, best)
+            value = np.where(better, np.float32(values[i]), value)
+        return edge(best, region.voxel_mm), value
 
     return canvas.paint(lo, hi, painter, lesion=lesion)
+
+
+def _cone_depth(coords: np.ndarray, p0: np.ndarray, p1: np.ndarray, r0: float, r1: float) -> np.ndarray:
+    """How far (mm) each voxel lies inside the cone; negative outside."""
+    axis = (p1 - p0).astype(np.float32)
+    length2 = float(axis @ axis) + 1e-6
+    rel = coords - p0.astype(np.float32)[:, None, None, None]
+    t = np.clip((rel[0] * axis[0] + rel[1] * axis[1] + rel[2] * axis[2]) / length2, 0.0, 1.0)
+    d2 = (rel[0] - t * axis[0]) ** 2 + (rel[1] - t * axis[1]) ** 2 + (rel[2] - t * axis[2]) ** 2
+    return r0 + (r1 - r0) * t - np.sqrt(d2)
 
 
 def paint_sinuses(canvas: Canvas, value: float) -> None:
