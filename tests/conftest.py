@@ -12,6 +12,12 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):  # noqa: ANN001, ANN201
+    """PBKDF2's deliberate slowness costs about a second per test user; tests need no strong hashes."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture(scope="session")
 def service_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("services")
