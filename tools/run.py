@@ -31,9 +31,11 @@ def process_table(port: int, *, workers: int = 1) -> dict[str, list[str]]:
         "web": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "triage.asgi:application"],
     }
     for index in range(workers):
+        worker_id = f"worker-{os.getpid()}-{index + 1}"
         table[f"worker-{index + 1}"] = _manage(
-            "db_worker", "--queue-name", "*", "--interval", "0.5", "--no-reload", "--no-startup-delay", "--worker-id", f"worker-{os.getpid()}-{index + 1}"
-        )
+            "db_worker", "--queue-name", "*", "--interval", "0.5", "--no-reload", "--no-startup-delay",
+            "--worker-id", worker_id,
+        )  # fmt: skip
     for name in ("triage_poll", "triage_outbox", "triage_escalate"):
         if _has_command(name):
             table[name.removeprefix("triage_")] = _manage(name)
