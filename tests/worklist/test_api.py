@@ -181,3 +181,12 @@ def test_token_authenticated_client_reads_worklist(api_client, radiologist, make
     ).json()["token"]
     api_client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     assert api_client.get("/api/v1/worklist/").json()["count"] == 1
+
+
+def test_hand_built_payload_matches_declared_fields(radiologist_client, make_study):
+    from worklist.serializers import FindingSerializer, WorklistItemSerializer
+
+    make_study(ich=0.9)
+    item = radiologist_client.get("/api/v1/worklist/").json()["results"][0]
+    assert set(item) == set(WorklistItemSerializer().fields)
+    assert set(item["findings"][0]) == set(FindingSerializer().fields)
