@@ -251,7 +251,7 @@ def _paint_arteries(canvas: Canvas, tree: dict[tuple[str, int], Vessel], plan: P
     if ("a1", 1) in tree and ("a1", -1) in tree:
         paint_tube(canvas, tree[("a1", 1)].points[-1], tree[("a1", -1)].points[-1], 0.7, 0.7, plan.arterial)
     for pts, radii in clots:
-        paint_polyline(canvas, pts, radii, np.full(len(pts) - 1, plan.thrombus_hu), lesion=lesion)
+        paint_polyline(canvas, pts, radii, np.full(len(pts) - 1, plan.thrombus_hu), lesion=lesion, solid=True)
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:

@@ -88,9 +88,17 @@ class Canvas:
     mask: np.ndarray
 
     def paint(
-        self, lo: np.ndarray, hi: np.ndarray, painter: Painter, *, lesion: bool = False, add: bool = False
+        self,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        painter: Painter,
+        *,
+        lesion: bool = False,
+        add: bool = False,
+        solid: bool = False,
     ) -> int:
-        """Blends ``painter``'s value into the volume with its weight (or adds it); returns the voxels it marks."""
+        """Blends ``painter``'s value into the volume with its weight (or adds it); returns the voxels it marks.
+        ``solid`` sets voxels at least half inside to the value outright (a clot that fills a lumen)."""
         box = self.grid.box_of(np.asarray(lo, float), np.asarray(hi, float))
         if box is None:
             return 0
@@ -102,6 +110,8 @@ class Canvas:
             target += weight * np.float32(value) if np.isscalar(value) else weight * value
         else:
             target += weight * (np.asarray(value, dtype=np.float32) - target)
+            if solid:
+                target[weight >= 0.5] = (np.broadcast_to(value, weight.shape)[weight >= 0.5]).astype(np.float32)
         if not lesion:
             return 0
         marked = weight >= 0.5

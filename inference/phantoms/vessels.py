@@ -116,14 +116,25 @@ def paint_tube(
 
 
 def paint_polyline(
-    canvas: Canvas, points: np.ndarray, radii: np.ndarray, values: np.ndarray, *, lesion: bool = False
+    canvas: Canvas,
+    points: np.ndarray,
+    radii: np.ndarray,
+    values: np.ndarray,
+    *,
+    lesion: bool = False,
+    solid: bool = False,
 ) -> int:
     """Consecutive truncated cones (``values[i]`` between points i and i + 1) in one pass over their bounding box:
     each voxel takes the value of the cone it lies deepest in. Long lines go in short runs to keep the boxes small."""
     if len(points) > _RUN + 1:
         return sum(
             paint_polyline(
-                canvas, points[i : i + _RUN + 1], radii[i : i + _RUN + 1], values[i : i + _RUN], lesion=lesion
+                canvas,
+                points[i : i + _RUN + 1],
+                radii[i : i + _RUN + 1],
+                values[i : i + _RUN],
+                lesion=lesion,
+                solid=solid,
             )
             for i in range(0, len(points) - 1, _RUN)
         )
@@ -140,7 +151,7 @@ def paint_polyline(
             value = np.where(better, np.float32(values[i]), value)
         return edge(best, region.voxel_mm), value
 
-    return canvas.paint(lo, hi, painter, lesion=lesion)
+    return canvas.paint(lo, hi, painter, lesion=lesion, solid=solid)
 
 
 def _cone_depth(coords: np.ndarray, p0: np.ndarray, p1: np.ndarray, r0: float, r1: float) -> np.ndarray:
