@@ -24,7 +24,7 @@ from typing import Any
 import requests
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django_tasks import task
 
@@ -318,12 +318,22 @@ def _claim(*, limit: int, worker_id: str) -> list[OutboxMessage]:
             continue
         reports.add(key)
         claimed.append(message)
-    for message in claimed:
-        message.state = OutboxState.SENDING
-        message.lease_owner = worker_id
-        message.lease_expires_at = now + timedelta(seconds=_lease_seconds(message.endpoint))
-        message.attempts += 1
-        message.save(update_fields=["state", "lease_owner", "lease_expires_at", "attempts"])
+    for endpoint_id in {m.endpoint_id for m in claimed}:
+        mine = [m for m in claimed if m.endpoint_id == endpoint_id]
+        lease_expires_at = now + timedelta(seconds=_lease_seconds(mine[0].endpoint))
+        OutboxMessage.objects.filter(pk__in=[m.pk for m in mine]).update(
+            state=OutboxState.SENDING,
+            lease_owner=worker_id,
+            lease_expires_at=lease_expires_at,
+            attempts=F("attempts") + 1,
+        )
+        for message in mine:
+            message.state, message.lease_owner, message.lease_expires_at = (
+                OutboxState.SENDING,
+                worker_id,
+                lease_expires_at,
+            )
+            message.attempts += 1
     return claimed
 
 

@@ -117,6 +117,20 @@ def test_every_entry_is_a_put_to_a_deterministic_valid_id(lvo_result):
     assert fhir.content_hash(first) == fhir.content_hash(again)
 
 
+@pytest.mark.parametrize("fhir_version", ["R4", "R5"])
+def test_the_whole_bundle_validates_as_a_transaction(lvo_result, fhir_version):
+    bundle = fhir.report_bundle_build(study=lvo_result.study, result=lvo_result, spec=_spec(fhir_version))
+
+    fhir.resource_validate(bundle, fhir_version=fhir_version)
+    assert [e["resource"]["resourceType"] for e in bundle["entry"]] == [
+        "Device",
+        "ImagingStudy",
+        "Observation",
+        "DiagnosticReport",
+        "Provenance",
+    ]
+
+
 def test_r5_report_uses_study_and_r5_device_name_and_validates(lvo_result):
     bundle = fhir.report_bundle_build(study=lvo_result.study, result=lvo_result, spec=_spec("R5"))
 
