@@ -65,10 +65,11 @@ def _close(parts: list[str]) -> SafeString:
     return mark_safe("".join(parts))  # noqa: S308 - every interpolated text above is escaped
 
 
-def _empty(title: str, width: int = WIDTH, height: int = HEIGHT) -> SafeString:
-    parts, _ = _open(title, "No data yet.", width, height)
+def _empty(title: str, width: int = WIDTH, height: int = HEIGHT, text: str = "No data yet") -> SafeString:
+    parts, _ = _open(title, f"{text}.", width, height)
     parts.append(
-        f'<text x="{width / 2}" y="{height / 2}" fill="{TEXT}" text-anchor="middle" font-size="13">No data yet</text>'
+        f'<text x="{width / 2}" y="{height / 2}" fill="{TEXT}" text-anchor="middle" font-size="13">'
+        f"{escape(text)}</text>"
     )
     return _close(parts)
 
@@ -151,11 +152,12 @@ def line_chart(
     y_max: float | None = None,
     reference: float | None = None,
     reference_label: str = "",
+    empty_text: str = "No data yet",
 ) -> SafeString:
     """One polyline per series over categorical x values; gaps where a value is None; an optional reference line."""
     values = [v for s in series for v in s.values if v is not None]
     if not x_labels or not values:
-        return _empty(title)
+        return _empty(title, text=empty_text)
     top = max([*values, reference or y_min, y_max or y_min])
     ticks = nice_ticks(y_min, top if top > y_min else y_min + 1.0)
     frame = _Frame(ticks[0], ticks[-1])

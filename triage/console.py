@@ -60,12 +60,25 @@ def csv_response(filename: str, columns: list[str], rows: list[list]) -> HttpRes
 # --- index -------------------------------------------------------------------------------------------------------
 
 
+QUEUE_LABELS = {
+    "jobs_queued": "Studies queued",
+    "jobs_active": "Studies in progress",
+    "outbox_pending": "Reports waiting",
+    "outbox_sending": "Reports sending",
+    "outbox_dead": "Reports failed (dead letter)",
+}
+
+
+def _queue_labels(depth: dict[str, int]) -> list[tuple[str, int]]:
+    return [(QUEUE_LABELS.get(key, key), value) for key, value in depth.items()]
+
+
 @admin_required
 def console_index(request: HttpRequest) -> HttpResponse:
     context = {
         "configs": ModelConfig.objects.order_by("finding"),
         "versions": validation.model_versions(),
-        "queue": monitoring.queue_depth(),
+        "queue": _queue_labels(monitoring.queue_depth()),
     }
     return render(request, "triage/console_index.html", context)
 
@@ -260,7 +273,8 @@ def _monitoring_charts(tables: dict[str, monitoring.Table], drift: monitoring.Dr
             edges=monitoring.SCORE_EDGES, counts=drift.histogram, baseline=drift.baseline_histogram)},
         {"key": "drift", "svg": charts.line_chart(
             title=f"Score drift (PSI) per {period}", x_labels=x, series=[s("PSI", drift.table.column("psi"))],
-            reference=0.25, reference_label="alert above 0.25")},
+            reference=0.25, reference_label="alert above 0.25",
+            empty_text=f"No {period} with {monitoring.MIN_PSI_CASES} studies and a baseline yet")},
         {"key": "agreement", "svg": charts.line_chart(
             title=f"Agreement with radiologists per {period}", x_labels=x, y_label="share",
             series=[s("agreement", tables["agreement"].column("agreement")),
@@ -290,10 +304,16 @@ def monitoring_page(request: HttpRequest) -> HttpResponse:
         "findings": Finding.choices,
         "charts": _monitoring_charts(tables, drift, period),
         "drift": drift,
-        "queue": monitoring.queue_depth(),
-        "latency": tables["latency"],
+        "queue": _queue_labels(monitoring.queue_depth()),
     }
+    for chart in context["charts"]:
+        chart["title"] = _svg_title(chart["svg"])
     return render(request, "triage/monitoring.html", context)
+
+
+def _svg_title(svg: str) -> str:
+    """The chart's own (escaped) title, shown above it as well."""
+    return svg.split("<title", 1)[1].split(">", 1)[1].split("</title>", 1)[0]
 
 
 @admin_required
