@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+from pathlib import Path
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin
 from django.core.serializers.json import DjangoJSONEncoder
@@ -184,10 +188,42 @@ class RoutingRuleAdmin(AuditedModelAdmin):
     list_display = ("name", "model", "order", "enabled", "modality", "contrast")
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ModelConfigForm(forms.ModelForm):
+    """Weights are pinned: a file named here must exist and match its SHA-256, so a swapped file cannot slip in."""
+
+    class Meta:
+        model = models.ModelConfig
+        fields = ("finding", "enabled", "name", "version", "weights_path", "weights_sha256", "threshold")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        path, digest = data.get("weights_path", ""), (data.get("weights_sha256") or "").lower()
+        if digest and not re.fullmatch(r"[0-9a-f]{64}", digest):
+            self.add_error("weights_sha256", "A SHA-256 is 64 hexadecimal characters.")
+        elif path:
+            if not digest:
+                self.add_error("weights_sha256", "Give the SHA-256 of the weights file to pin it.")
+            elif not Path(path).is_file():
+                self.add_error("weights_path", "No file at this path on this server.")
+            elif sha256_file(Path(path)) != digest:
+                self.add_error("weights_sha256", "The file's SHA-256 differs from this value.")
+        data["weights_sha256"] = digest
+        return data
+
+
 @admin.register(models.ModelConfig)
 class ModelConfigAdmin(AuditedModelAdmin):
     """A threshold edit goes through services.model_threshold_set, so it applies to open studies at once."""
 
+    form = ModelConfigForm
     list_display = ("finding", "name", "version", "threshold", "enabled")
     audit_exclude = ("threshold",)
 

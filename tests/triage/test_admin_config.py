@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from unittest import mock
 
 import pytest
@@ -292,3 +293,15 @@ def test_threshold_outside_zero_to_one_is_refused(model_config, site_admin):
 
     with pytest.raises(InvalidInput):
         services.model_threshold_set(model_config=model_config, threshold=1.2, actor=site_admin)
+
+
+def test_weights_must_match_their_pinned_sha256(admin_web, model_config, tmp_path):
+    weights = tmp_path / "ich.pt"
+    weights.write_bytes(b"weights")
+    url = reverse("admin:triage_modelconfig_change", args=[model_config.pk])
+    wrong = admin_web.post(url, change_form_data(admin_web, url, weights_path=str(weights), weights_sha256="0" * 64))
+    assert "differs" in str(wrong.context["adminform"].form.errors)
+    good = hashlib.sha256(b"weights").hexdigest()
+    post_change(admin_web, model_config, weights_path=str(weights), weights_sha256=good.upper())
+    model_config.refresh_from_db()
+    assert (model_config.weights_path, model_config.weights_sha256) == (str(weights), good)
