@@ -146,7 +146,10 @@ def wilson_interval(successes: int, total: int, *, confidence: float = 0.95) -> 
     denom = 1.0 + z * z / total
     centre = (p + z * z / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denom
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), confidence)
+    # At 0 or n successes the bound is exactly 0 or 1; rounding would otherwise leave a tiny offset.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == total else min(1.0, centre + half)
+    return Interval(p, low, high, confidence)
 
 
 @dataclass(frozen=True)

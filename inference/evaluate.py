@@ -1,0 +1,220 @@
+"""Evaluate weights on held-out phantoms through the full runner (preprocessing included).
+
+    python -m inference.evaluate --finding ich --count 1000 --seed 9 --family B [--weights PATH] [--update-card]
+
+Use a ``--seed`` never used in training (the model card's seed is refused) and preferably a generator family not
+used in training. Negatives include the generators' hard negatives (calcifications, dense falx, streaks, chronic
+collections; hypoplastic segments, bolus timing, calcified siphons, stenosis, M2 occlusion, tilt). Reports AUC with
+a bootstrap interval, sensitivity and specificity with Wilson intervals at the shipped threshold, AUC per subtype
+(that subtype's positives against all negatives), the false-positive rate per kind of hard negative, calibration,
+and (LVO) how often the side is right. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from inference import stats
+from inference.loader import read_card, shipped_weights
+from inference.modelcard import update_card
+from inference.runner import ModelRunner
+from inference.train import SEED_STRIDE, generate, phantom_plan
+
+logger = logging.getLogger(__name__)
+
+
+class HeldOut(Dataset):
+    """Held-out phantoms as (volume, spacing, truth); generated in worker processes."""
+
+    def __init__(self, finding: str, seed: int, count: int, family: str) -> None:
+        self.finding, self.seed, self.count, self.family = finding, seed, count, family
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        positive, subtype = phantom_plan(self.finding, index)
+        # Negatives are left to the generator, which builds a share of them around a mimic (hard negatives).
+        p = generate(
+            self.finding, self.seed * SEED_STRIDE + index, positive, subtype if positive else None, self.family
+        )
+        mask_slices = np.flatnonzero(p.mask.any(axis=(1, 2))).tolist() if p.mask is not None else []
+        truth = {
+            "label": int(p.positive),
+            "subtype": p.subtype,
+            "side": p.side,
+            "hard_negative": p.hard_negative,
+            "mask_slices": mask_slices,
+        }
+        return {"volume": p.volume_hu, "spacing": tuple(p.spacing_mm), "truth": truth}
+
+
+def _collate_one(item: dict[str, Any]) -> dict[str, Any]:
+    return item
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def score_phantoms(runner: ModelRunner, dataset: HeldOut, workers: int) -> list[dict[str, Any]]:
+    loader = DataLoader(
+        dataset, batch_size=None, num_workers=workers, worker_init_fn=_worker_init, collate_fn=_collate_one
+    )
+    rows = []
+    for item in tqdm(loader, total=len(dataset), desc="evaluate", unit="phantom"):
+        out = runner.run(item["volume"], item["spacing"])
+        truth = item["truth"]
+        rows.append(
+            {
+                **truth,
+                "score": out.score,
+                "side_pred": out.side,
+                "key_slice": out.key_slice,
+                "key_slice_hit": out.key_slice in truth["mask_slices"] if truth["mask_slices"] else None,
+                "seconds": out.timings.get("total_s"),
+            }
+        )
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]], threshold: float, *, seed: int, family: str, n_boot: int = 2000) -> dict:
+    y = np.array([r["label"] for r in rows])
+    s = np.array([r["score"] for r in rows])
+    result: dict[str, Any] = {
+        "seed": seed,
+        "family": family,
+        "count": len(rows),
+        "positives": int(y.sum()),
+        "negatives": int((1 - y).sum()),
+        "threshold": threshold,
+        "auc": stats.bootstrap_auc_ci(y, s, n_boot=n_boot, seed=seed).as_dict(),
+        "auc_delong": stats.delong_ci(y, s).as_dict(),
+        "operating_point": stats.operating_point(y, s, threshold).as_dict(),
+        "calibration": stats.calibration(y, s).as_dict(),
+        "subtypes": _per_subtype(rows, y, s, seed, n_boot),
+        "hard_negatives": _per_hard_negative(rows, threshold),
+        "seconds_per_study": float(np.mean([r["seconds"] for r in rows])),
+    }
+    hits = [r["key_slice_hit"] for r in rows if r["label"] and r["key_slice_hit"] is not None]
+    if hits:
+        result["key_slice_in_lesion"] = stats.wilson_interval(sum(hits), len(hits)).as_dict()
+    sides = [r["side_pred"] == r["side"] for r in rows if r["label"] and r["side"] in ("left", "right")]
+    if sides and any(r["side_pred"] is not None for r in rows):
+        result["side_accuracy"] = stats.wilson_interval(sum(sides), len(sides)).as_dict()
+    return result
+
+
+def _per_subtype(rows: list[dict[str, Any]], y: np.ndarray, s: np.ndarray, seed: int, n_boot: int) -> dict:
+    negatives = y == 0
+    out = {}
+    for subtype in sorted({r["subtype"] for r in rows if r["label"] and r["subtype"]}):
+        mine = np.array([bool(r["label"]) and r["subtype"] == subtype for r in rows])
+        keep = mine | negatives
+        out[subtype] = {
+            "positives": int(mine.sum()),
+            "auc": stats.bootstrap_auc_ci(y[keep], s[keep], n_boot=n_boot, seed=seed).as_dict(),
+        }
+    return out
+
+
+def _per_hard_negative(rows: list[dict[str, Any]], threshold: float) -> dict:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        if not r["label"]:
+            groups[r["hard_negative"] or "none"].append(r["score"])
+    return {
+        name: {
+            "count": len(scores),
+            "false_positive_rate": stats.wilson_interval(sum(x >= threshold for x in scores), len(scores)).as_dict(),
+            "mean_score": float(np.mean(scores)),
+        }
+        for name, scores in sorted(groups.items())
+    }
+
+
+def format_table(finding: str, model: str, r: dict[str, Any]) -> str:
+    def iv(d: dict[str, float]) -> str:
+        return f"{d['estimate']:.3f}  [{d['low']:.3f}, {d['high']:.3f}]"
+
+    op = r["operating_point"]
+    lines = [
+        f"{finding} · {model} · seed {r['seed']} · family {r['family']} · "
+        f"{r['count']} phantoms ({r['positives']} positive)",
+        f"{'metric':<34} {'estimate [95% CI]':>26}",
+        f"{'AUC (bootstrap)':<34} {iv(r['auc']):>26}",
+        f"{'AUC (DeLong)':<34} {iv(r['auc_delong']):>26}",
+        f"{'sensitivity @ ' + format(r['threshold'], '.4f'):<34} {iv(op['sensitivity']):>26}",
+        f"{'specificity @ ' + format(r['threshold'], '.4f'):<34} {iv(op['specificity']):>26}",
+        f"{'PPV (this sample)':<34} {iv(op['ppv']):>26}",
+    ]
+    for name, sub in r["subtypes"].items():
+        lines.append(f"{'AUC ' + name + ' (n+=' + str(sub['positives']) + ')':<34} {iv(sub['auc']):>26}")
+    for name, hn in r["hard_negatives"].items():
+        label = f"FP rate {name} (n={hn['count']})"
+        lines.append(f"{label:<34} {iv(hn['false_positive_rate']):>26}")
+    for key, label in (("key_slice_in_lesion", "key slice in lesion"), ("side_accuracy", "side correct")):
+        if key in r:
+            lines.append(f"{label:<34} {iv(r[key]):>26}")
+    cal = r["calibration"]
+    lines.append(f"{'calibration ECE / Brier':<34} {cal['ece']:>12.3f} / {cal['brier']:.3f}")
+    lines.append(f"{'seconds per study (runner)':<34} {r['seconds_per_study']:>26.3f}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m inference.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--finding", choices=("ich", "lvo"), required=True)
+    p.add_argument("--weights", type=Path, default=None, help="default: the shipped weights")
+    p.add_argument("--architecture", default=None)
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--family", default="B", help="phantom generator family (training used A)")
+    p.add_argument("--threshold", type=float, default=None, help="default: the model card's threshold")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None, help="default: bench/results/eval_<finding>.json")
+    p.add_argument("--update-card", action="store_true", help="store the result in the model card")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    weights = args.weights or shipped_weights(args.finding)
+    card = read_card(weights)
+    if card.get("training", {}).get("seed") == args.seed:
+        print(f"--seed {args.seed} was used to train these weights; choose another", file=sys.stderr)
+        return 2
+    runner = ModelRunner(
+        args.finding, weights=weights, architecture=args.architecture, device=args.device, threshold=args.threshold
+    )
+    started = time.time()
+    rows = score_phantoms(runner, HeldOut(args.finding, args.seed, args.count, args.family), args.workers)
+    result = summarise(rows, runner.threshold, seed=args.seed, family=args.family)
+    result.update({"finding": args.finding, "model": runner.model_name, "model_version": runner.model_version})
+    result["wall_seconds"] = round(time.time() - started, 1)
+    print(format_table(args.finding, f"{runner.model_name} {runner.model_version}", result))
+    out = args.json or Path("bench/results") / f"eval_{args.finding}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    if args.update_card:
+        update_card(weights, "evaluation", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""Train a triage network on phantoms generated on the fly.
+
+    python -m inference.train --finding ich --train-count 2000 --val-count 300 --seed 1 --epochs 5 --out runs/ich
+
+Phantoms are deterministic per seed, so each is generated once (DataLoader workers) and kept at the model grid as
+int16 HU with its low-resolution targets; later epochs re-draw crops and augmentations from that cache. Seeds are
+``seed * 1_000_000 + i`` for training and ``+ 500_000`` for validation; evaluation uses another ``--seed`` (and
+another generator family) so it never sees a training phantom. The operating point is chosen on the validation
+split for a target sensitivity. Writes ``<architecture>.pt`` (a state_dict), ``checkpoint.pt`` per epoch, and a
+model card (``<architecture>.card.json`` / ``.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from inference import stats
+from inference.modelcard import write_card
+from inference.networks import DEFAULT_ARCHITECTURE, ICH_SUBTYPES, build_network, count_parameters
+from inference.preprocess import (
+    ICH_GRID,
+    ICH_WINDOWS,
+    LVO_GRID,
+    LVO_WINDOW,
+    head_centre,
+    resample_to_grid,
+    window,
+)
+
+logger = logging.getLogger(__name__)
+
+SEED_STRIDE = 1_000_000
+VAL_OFFSET = 500_000
+CAM_STRIDE = 8  # both networks localise at 1/8 of the model grid
+ICH_CHUNK = 12  # slices per training crop: the study score is a maximum over slices, so crops train it well
+LVO_SUBTYPES = ("ica_t", "m1")
+
+
+def phantom_seed(run_seed: int, index: int, *, validation: bool = False) -> int:
+    return run_seed * SEED_STRIDE + (VAL_OFFSET if validation else 0) + index
+
+
+def phantom_plan(finding: str, index: int) -> tuple[bool, str | None]:
+    """Balanced classes, subtypes in turn: even indices are positives."""
+    if index % 2:
+        return False, None
+    subtypes = ICH_SUBTYPES if finding == "ich" else LVO_SUBTYPES
+    return True, subtypes[(index // 2) % len(subtypes)]
+
+
+def generate(finding: str, seed: int, positive: bool | None, subtype: str | None, family: str = "A"):  # noqa: ANN201
+    from inference import phantoms
+
+    if finding == "ich":
+        return phantoms.generate_ncct(seed, positive=positive, subtype=subtype, family=family)
+    return phantoms.generate_cta(seed, positive=positive, subtype=subtype, family=family)
+
+
+# --- samples at the model grid ----------------------------------------------------------------------------------
+
+
+def make_sample(phantom: Any) -> dict[str, Any]:
+    """A phantom at its finding's model grid: int16 HU, low-resolution localisation targets and labels."""
+    grid = ICH_GRID if phantom.finding == "ich" else LVO_GRID
+    volume = torch.from_numpy(np.ascontiguousarray(phantom.volume_hu, dtype=np.float32))
+    centre = head_centre(volume)
+    hu, _ = resample_to_grid(volume, phantom.spacing_mm, grid, centre=centre)
+    mask_src = phantom.mask if phantom.mask is not None else np.zeros(phantom.shape, dtype=bool)
+    # The mask follows the same crop as the volume: resampled about the volume's head centre.
+    mask_t = torch.from_numpy(mask_src.astype(np.float32))
+    mask, _ = resample_to_grid(mask_t, phantom.spacing_mm, grid, centre=centre, fill=0.0)
+    sample: dict[str, Any] = {
+        "hu": hu.round().clamp(-1024, 3071).to(torch.int16),
+        "label": float(phantom.positive),
+        "subtype": phantom.subtype,
+        "side": phantom.side,
+        "hard_negative": phantom.hard_negative,
+        "seed": phantom.meta.get("seed"),
+    }
+    if phantom.finding == "ich":
+        # Cam targets per slice at 1/8 in-plane; a pixel counts when a fifth of some voxel in it is blood.
+        sample["cam_target"] = F.max_pool2d(mask[:, None], CAM_STRIDE)[:, 0] > 0.2
+        sample["slice_target"] = mask.amax(dim=(1, 2)) > 0.2
+    else:
+        sample["cam_target"] = F.max_pool3d(mask[None, None], CAM_STRIDE)[0, 0] > 0.05
+    return sample
+
+
+class PhantomDataset(Dataset):
+    """Phantoms by index; each worker generates and resamples its own, with torch limited to one thread."""
+
+    def __init__(self, finding: str, run_seed: int, count: int, *, validation: bool = False, family: str = "A"):
+        self.finding, self.run_seed, self.count = finding, run_seed, count
+        self.validation, self.family = validation, family
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        positive, subtype = phantom_plan(self.finding, index)
+        seed = phantom_seed(self.run_seed, index, validation=self.validation)
+        return make_sample(generate(self.finding, seed, positive, subtype, self.family))
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def build_cache(dataset: PhantomDataset, workers: int, desc: str) -> list[dict[str, Any]]:
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=_worker_init,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+    return list(tqdm(loader, total=len(dataset), desc=desc, unit="phantom", leave=False))
+
+
+# --- batches ----------------------------------------------------------------------------------------------------
+
+
+def ich_channels(hu: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) HU → (..., 3, H, W) windows."""
+    return torch.stack([window(hu, level, width) for level, width in ICH_WINDOWS], dim=-3)
+
+
+def lvo_channels(hu: torch.Tensor) -> torch.Tensor:
+    """(D, H, W) HU → (2, D, H, W): window and mirror image."""
+    w = window(hu, *LVO_WINDOW)
+    return torch.stack([w, w.flip(-1)], dim=0)
+
+
+def _augment_hu(hu: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Scanner-like variation: HU offset, contrast about water, extra noise."""
+    x = hu.float()
+    x = x + float(rng.uniform(-4.0, 4.0))
+    x = x * float(rng.uniform(0.95, 1.05))
+    sigma = float(rng.uniform(0.0, 3.0))
+    if sigma > 0:
+        x = x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
+    return x
+
+
+def _ich_crop(sample: dict[str, Any], rng: np.random.Generator) -> slice:
+    n = sample["hu"].shape[0]
+    if n <= ICH_CHUNK:
+        return slice(0, n)
+    hits = np.flatnonzero(sample["slice_target"].numpy())
+    if hits.size:
+        centre = int(rng.choice(hits))
+        low, high = max(0, centre - ICH_CHUNK + 1), min(centre, n - ICH_CHUNK)
+        start = int(rng.integers(low, high + 1))
+    else:
+        start = int(rng.integers(0, n - ICH_CHUNK + 1))
+    return slice(start, start + ICH_CHUNK)
+
+
+def ich_batch(samples: list[dict[str, Any]], rng: np.random.Generator, *, augment: bool) -> dict[str, torch.Tensor]:
+    xs, cams, slices, labels, subtypes = [], [], [], [], []
+    for s in samples:
+        crop = _ich_crop(s, rng) if augment else slice(0, s["hu"].shape[0])
+        hu, cam, sl = s["hu"][crop], s["cam_target"][crop], s["slice_target"][crop]
+        if augment:
+            hu = _augment_hu(hu, rng)
+            if rng.random() < 0.5:
+                hu, cam = hu.flip(-1), cam.flip(-1)
+        xs.append(ich_channels(hu.float()))
+        cams.append(cam.float())
+        slices.append(sl.float())
+        labels.append(float(sl.any()) if augment else s["label"])
+        subtype = torch.zeros(len(ICH_SUBTYPES))
+        if s["subtype"] in ICH_SUBTYPES and labels[-1] > 0:
+            subtype[ICH_SUBTYPES.index(s["subtype"])] = 1.0
+        subtypes.append(subtype)
+    return {
+        "x": _stack_padded(xs),
+        "cam": _stack_padded(cams),
+        "slice": _stack_padded(slices),
+        "label": torch.tensor(labels),
+        "subtype": torch.stack(subtypes),
+    }
+
+
+def _stack_padded(items: list[torch.Tensor]) -> torch.Tensor:
+    """Stack along a new batch axis, padding the first axis (slices) with zeros where lengths differ."""
+    n = max(t.shape[0] for t in items)
+    padded = [F.pad(t, [0, 0] * (t.ndim - 1) + [0, n - t.shape[0]]) if t.shape[0] < n else t for t in items]
+    return torch.stack(padded)
+
+
+def lvo_batch(samples: list[dict[str, Any]], rng: np.random.Generator, *, augment: bool) -> dict[str, torch.Tensor]:
+    xs, cams, labels, sides = [], [], [], []
+    for s in samples:
+        hu, cam, side = s["hu"], s["cam_target"], s["side"]
+        if augment:
+            hu = _augment_hu(hu, rng)
+            if rng.random() < 0.5:
+                hu, cam = hu.flip(-1), cam.flip(-1)
+                side = {"left": "right", "right": "left"}.get(side, side)
+        xs.append(lvo_channels(hu.float()))
+        cams.append(cam.float())
+        labels.append(s["label"])
+        sides.append(1.0 if side == "left" else 0.0)
+    return {"x": torch.stack(xs), "cam": torch.stack(cams), "label": torch.tensor(labels), "side": torch.tensor(sides)}
+
+
+BATCHERS = {"ich": ich_batch, "lvo": lvo_batch}
+
+
+# --- loss and steps ---------------------------------------------------------------------------------------------
+
+
+def loss_for(finding: str, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Study BCE plus localisation terms; the map is supervised by the phantom mask so small bleeds are learnt."""
+    bce = F.binary_cross_entropy_with_logits
+    loss = bce(out["logit"], batch["label"])
+    pos_weight = torch.tensor(4.0)
+    loss = loss + bce(out["cam"], batch["cam"], pos_weight=pos_weight)
+    if finding == "ich":
+        loss = loss + bce(out["slice_logits"], batch["slice"], pos_weight=pos_weight)
+        loss = loss + 0.5 * bce(out["subtype_logits"], batch["subtype"])
+    else:
+        positives = batch["label"] > 0
+        if positives.any():
+            loss = loss + 0.5 * bce(out["side_logit"][positives], batch["side"][positives])
+    return loss
+
+
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, finding: str, batch: dict[str, torch.Tensor]
+) -> float:
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_for(finding, model(batch["x"]), batch)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def predict(model: nn.Module, finding: str, samples: list[dict[str, Any]], batch_size: int = 4) -> dict[str, Any]:
+    """Study probabilities (and LVO side / ICH subtype probabilities) on whole model-grid volumes."""
+    model.eval()
+    rng = np.random.default_rng(0)
+    scores, extra = [], []
+    with torch.inference_mode():
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i : i + batch_size]
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for j, s in enumerate(chunk):
+                groups.setdefault(tuple(s["hu"].shape), []).append(j)
+            part: dict[int, tuple[float, list[float]]] = {}
+            for idx in groups.values():
+                out = model(BATCHERS[finding]([chunk[j] for j in idx], rng, augment=False)["x"])
+                key = "subtype_logits" if finding == "ich" else "side_logit"
+                for row, j in enumerate(idx):
+                    part[j] = (
+                        float(torch.sigmoid(out["logit"][row])),
+                        torch.sigmoid(out[key][row]).reshape(-1).tolist(),
+                    )
+            for j in range(len(chunk)):
+                scores.append(part[j][0])
+                extra.append(part[j][1])
+    return {"scores": np.array(scores), "extra": extra}
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunConfig:
+    finding: str
+    train_count: int
+    val_count: int
+    seed: int
+    epochs: int
+    out: Path
+    batch_size: int
+    lr: float
+    workers: int
+    target_sensitivity: float
+    family: str
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - libraries below may use the global state
+    torch.manual_seed(seed)
+    # torch.use_deterministic_algorithms() makes CPU training about four times slower; CPU convolutions with a
+    # fixed thread count already repeat exactly, so it is left off.
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    arch = DEFAULT_ARCHITECTURE[cfg.finding]
+    started = time.time()
+    train = build_cache(PhantomDataset(cfg.finding, cfg.seed, cfg.train_count, family=cfg.family), cfg.workers, "train")
+    val = build_cache(
+        PhantomDataset(cfg.finding, cfg.seed, cfg.val_count, validation=True, family=cfg.family), cfg.workers, "val"
+    )
+    generation_s = time.time() - started
+    model = build_network(arch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
+    rng = np.random.default_rng(cfg.seed)
+    best: dict[str, Any] = {"auc": -1.0}
+    history = []
+    for epoch in range(cfg.epochs):
+        losses = _train_epoch(model, optimizer, scheduler, cfg, train, rng, epoch)
+        val_auc = _val_auc(model, cfg.finding, val)
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auc": val_auc})
+        logger.info("epoch %d loss %.4f val AUC %.4f", epoch + 1, np.mean(losses), val_auc)
+        tqdm.write(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, validation AUC {val_auc:.4f}")
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        torch.save({"epoch": epoch + 1, "model": state, "optimizer": optimizer.state_dict()}, cfg.out / "checkpoint.pt")
+        if val_auc >= best["auc"]:
+            best = {"auc": val_auc, "epoch": epoch + 1, "state": state}
+    model.load_state_dict(best["state"])
+    weights = cfg.out / f"{arch}.pt"
+    torch.save(best["state"], weights)
+    summary = _summarise(model, cfg, val, history, best["epoch"], time.time() - started, generation_s)
+    write_card(weights, summary)
+    return summary
+
+
+def _train_epoch(model, optimizer, scheduler, cfg: RunConfig, train, rng, epoch: int) -> list[float]:  # noqa: ANN001
+    order = rng.permutation(len(train))
+    losses: list[float] = []
+    bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+    for i in bar:
+        batch = BATCHERS[cfg.finding]([train[j] for j in order[i : i + cfg.batch_size]], rng, augment=True)
+        losses.append(train_step(model, optimizer, cfg.finding, batch))
+        scheduler.step()
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    return losses
+
+
+def _val_auc(model: nn.Module, finding: str, val: list[dict[str, Any]]) -> float:
+    labels = np.array([s["label"] for s in val])
+    return stats.auc(labels, predict(model, finding, val)["scores"])
+
+
+def _summarise(model, cfg: RunConfig, val, history, best_epoch: int, seconds: float, generation_s: float) -> dict:  # noqa: ANN001
+    labels = np.array([s["label"] for s in val])
+    scores = predict(model, cfg.finding, val)["scores"]
+    threshold = stats.threshold_for_sensitivity(labels, scores, cfg.target_sensitivity)
+    point = stats.operating_point(labels, scores, threshold)
+    return {
+        "finding": cfg.finding,
+        "architecture": DEFAULT_ARCHITECTURE[cfg.finding],
+        "parameters": count_parameters(model),
+        "threshold": threshold,
+        "target_sensitivity": cfg.target_sensitivity,
+        "training": {
+            "data": "synthetic phantoms (inference.phantoms), generated from seeds; no patient data",
+            "generator_family": cfg.family,
+            "seed": cfg.seed,
+            "train_count": cfg.train_count,
+            "val_count": cfg.val_count,
+            "train_seeds": f"{phantom_seed(cfg.seed, 0)}..{phantom_seed(cfg.seed, cfg.train_count - 1)}",
+            "val_seeds": f"{phantom_seed(cfg.seed, 0, validation=True)}.."
+            f"{phantom_seed(cfg.seed, cfg.val_count - 1, validation=True)}",
+            "epochs": cfg.epochs,
+            "best_epoch": best_epoch,
+            "batch_size": cfg.batch_size,
+            "learning_rate": cfg.lr,
+            "history": history,
+            "seconds": round(seconds, 1),
+            "phantom_generation_seconds": round(generation_s, 1),
+            "torch": torch.__version__,
+        },
+        "validation": {
+            "auc": stats.bootstrap_auc_ci(labels, scores, seed=cfg.seed).as_dict(),
+            "operating_point": point.as_dict(),
+            "calibration": stats.calibration(labels, scores).as_dict(),
+        },
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> RunConfig:
+    p = argparse.ArgumentParser(prog="python -m inference.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--finding", choices=("ich", "lvo"), required=True)
+    p.add_argument("--train-count", type=int, default=2000)
+    p.add_argument("--val-count", type=int, default=300)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--batch-size", type=int, default=None, help="default: 16 (ich crops) or 8 (lvo)")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes generating phantoms")
+    p.add_argument("--target-sensitivity", type=float, default=0.95)
+    p.add_argument("--family", default="A", help="phantom generator family used for training")
+    a = p.parse_args(argv)
+    batch = a.batch_size or (16 if a.finding == "ich" else 8)
+    return RunConfig(
+        a.finding, a.train_count, a.val_count, a.seed, a.epochs, a.out, batch, a.lr, a.workers,
+        a.target_sensitivity, a.family,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    summary = run(parse_args(argv))
+    v = summary["validation"]
+    print(
+        f"{summary['architecture']}: validation AUC {v['auc']['estimate']:.4f} "
+        f"[{v['auc']['low']:.4f}, {v['auc']['high']:.4f}], threshold {summary['threshold']:.4f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
