@@ -71,7 +71,11 @@ class WorklistApi(APIView):
             now=now,
         )
         paginator = WorklistPagination()
-        page = paginator.paginate_queryset(items, request, view=self)
+        paginator.request, paginator.limit = request, paginator.get_limit(request)
+        paginator.offset = paginator.get_offset(request)
+        paginator.count, page = selectors.worklist_page(
+            items=items, offset=paginator.offset, limit=paginator.limit, now=now
+        )
         for position, item in enumerate(page, start=paginator.offset + 1):
             item.rank = position
         data = WorklistItemSerializer(page, many=True, context={"now": now}).data

@@ -87,6 +87,25 @@ def worklist_items(
     return items.order_by(*READING_ORDER)
 
 
+def worklist_page(*, items: QuerySet[WorklistItem], offset: int, limit: int, now: datetime) -> tuple[int, list]:
+    """One page of ``worklist_items(...)`` and the total, fetched tier by tier.
+
+    Ordering by the computed tier first would make PostgreSQL sort every open item; each tier alone is ordered
+    like the partial index ``worklist_open_reading_order``, so both queries stop after one page of index rows.
+    """
+    starving = Q(status=ItemStatus.WAITING, received_at__lt=now - max_wait())
+    in_tier = items.order_by(*READING_ORDER[1:])
+    starving_count = in_tier.filter(starving).count()
+    total = starving_count + in_tier.exclude(starving).count()
+    end = offset + limit
+    page: list[WorklistItem] = []
+    if offset < starving_count:
+        page += list(in_tier.filter(starving)[offset : min(end, starving_count)])
+    if end > starving_count:
+        page += list(in_tier.exclude(starving)[max(0, offset - starving_count) : end - starving_count])
+    return total, page
+
+
 def worklist_item_for_payload(*, item_id: int, now: datetime | None = None) -> WorklistItem:
     item = (
         WorklistItem.objects.select_related("study", "claimed_by", "acknowledged_by")

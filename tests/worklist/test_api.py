@@ -190,3 +190,13 @@ def test_hand_built_payload_matches_declared_fields(radiologist_client, make_stu
     item = radiologist_client.get("/api/v1/worklist/").json()["results"][0]
     assert set(item) == set(WorklistItemSerializer().fields)
     assert set(item["findings"][0]) == set(FindingSerializer().fields)
+
+
+def test_pages_across_the_starving_tier_follow_reading_order(radiologist_client, make_study, settings):
+    old = timezone.now() - timedelta(minutes=settings.TRIAGE_MAX_WAIT_MINUTES + 10)
+    starving = [make_study(received_at=old - timedelta(minutes=n)) for n in range(2)]
+    fresh = [make_study(ich=0.9), make_study()]
+    expected = [i.study.study_instance_uid for i in (starving[1], starving[0], fresh[0], fresh[1])]
+    pages = [radiologist_client.get(f"/api/v1/worklist/?limit=3&offset={o}").json() for o in (0, 3)]
+    listed = [r["study_instance_uid"] for page in pages for r in page["results"]]
+    assert (listed, pages[0]["count"], pages[1]["results"][0]["rank"]) == (expected, 4, 4)
