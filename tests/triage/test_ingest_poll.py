@@ -123,3 +123,16 @@ def test_notify_enqueues_the_task_after_commit(pacs_source, radiologist_client, 
     assert len(callbacks) == 1
     assert task.queue_name == "ingest"
     assert task.args_kwargs["args"] == [job.pk]
+
+
+def test_triage_poll_once_polls_sweeps_and_beats(orthanc, pacs_source):  # noqa: F811
+    from django.core.management import call_command
+
+    from triage.models import WorkerHeartbeat
+
+    spec = upload_study(orthanc, tiny())
+
+    call_command("triage_poll", "--once")
+
+    assert Study.objects.filter(study_instance_uid=spec.study_uid).exists()
+    assert WorkerHeartbeat.objects.filter(kind="poller").count() == 1
