@@ -130,6 +130,28 @@ def outbox_retract(*, study: Study, finding: str, reason: str) -> list[OutboxMes
     return messages
 
 
+def outbox_backfill(*, endpoint: FhirEndpoint, limit: int = 1000) -> int:
+    """Queue the current results an endpoint has never had a report for (one configured after the results).
+
+    Each study is its own transaction, so a long backfill holds no lock for long. Returns how many were queued.
+    """
+    known = OutboxMessage.objects.filter(endpoint=endpoint, study=OuterRef("study"), finding=OuterRef("finding"))
+    missing = (
+        TriageResult.objects.filter(is_current=True)
+        .exclude(Exists(known))
+        .select_related("study", "series")
+        .order_by("id")[:limit]
+    )
+    queued = 0
+    for result in missing:
+        with transaction.atomic():
+            study = Study.objects.select_for_update().get(pk=result.study_id)
+            queued += _version_enqueue(endpoint=endpoint, study=study, result=result, reason="backfill") is not None
+    if queued:
+        transaction.on_commit(outbox_kick)
+    return queued
+
+
 def _current_result(*, study: Study, finding: str) -> TriageResult | None:
     return (
         TriageResult.objects.filter(study=study, finding=finding, is_current=True)

@@ -155,6 +155,20 @@ def test_unchanged_content_is_not_queued_twice(endpoint):
     assert OutboxMessage.objects.count() == 1
 
 
+def test_backfill_queues_current_results_an_endpoint_never_had(endpoint, fhir_emr):
+    earlier = [make_result(), make_result()]
+    outbox_enqueue_report(study=earlier[0].study, finding="ich")
+    late = FhirEndpoint.objects.create(name="late", base_url=fhir_emr.base_url, timeout_seconds=5)
+
+    call_command("triage_outbox", "--once", "--backfill")
+
+    assert OutboxMessage.objects.filter(endpoint=late).count() == 2
+    assert OutboxMessage.objects.filter(endpoint=endpoint).count() == 2
+    assert set(OutboxMessage.objects.values_list("state", flat=True)) == {"sent"}
+    for result in earlier:
+        assert len(stored_reports(fhir_emr, result)) == 1
+
+
 def test_no_current_result_queues_nothing(endpoint):
     study = StudyFactory()
 

@@ -13,7 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
-from triage.outbox import outbox_deliver_due
+from triage.outbox import endpoints_enabled, outbox_backfill, outbox_deliver_due
 from triage.services import worker_heartbeat
 
 logger = logging.getLogger(__name__)
@@ -28,8 +28,17 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="Deliver what is due now, then exit.")
         parser.add_argument("--batch", type=int, default=50, help="Messages claimed per round (default 50).")
         parser.add_argument("--idle", type=float, default=1.0, help="Seconds to wait when nothing is due.")
+        parser.add_argument(
+            "--backfill",
+            action="store_true",
+            help="First queue current results that an enabled endpoint has never had a report for.",
+        )
 
-    def handle(self, *args: Any, once: bool, batch: int, idle: float, **options: Any) -> None:
+    def handle(self, *args: Any, once: bool, batch: int, idle: float, backfill: bool, **options: Any) -> None:
+        if backfill:
+            for endpoint in endpoints_enabled():
+                while queued := outbox_backfill(endpoint=endpoint):
+                    logger.info("outbox: %d earlier result(s) queued for %s", queued, endpoint.name)
         stop = threading.Event()
         if not once:
             for signum in (signal.SIGINT, signal.SIGTERM):
