@@ -36,13 +36,14 @@ class Command(BaseCommand):
                 signal.signal(signum, lambda *_: stop.set())
         worker_id = f"poll:{worker_identity()}"
         while not stop.is_set():
+            if not once:
+                close_old_connections()  # a long-running loop drops broken or expired connections, as a request would
             self._cycle(worker_id=worker_id, poll=not no_poll)
             if once:
                 return
             self._wait(stop, worker_id)
 
     def _cycle(self, *, worker_id: str, poll: bool) -> None:
-        close_old_connections()
         try:
             worker_heartbeat(worker_id=worker_id, kind="poller")
             if poll:
