@@ -22,6 +22,8 @@ from tools.procs import free_port, port_open
 from tools.run import ROOT, process_table, supervise
 
 RUN_DIR = ROOT / ".run" / "demo"
+# The phantoms' known labels, ready for the console's ground-truth import.
+GROUND_TRUTH_CSV = RUN_DIR / "ground-truth.csv"
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ FIRST_BATCH = 5
 TRICKLE_SECONDS = 20.0
 
 
-def write_case(case: DemoCase, out_dir: Path) -> Path:
+def write_case(case: DemoCase, out_dir: Path) -> tuple[Path, str]:
     from inference.dicom_write import synthetic_patient, write_study
     from inference.phantoms.cta import generate_cta
     from inference.phantoms.ncct import generate_ncct
@@ -75,8 +77,8 @@ def write_case(case: DemoCase, out_dir: Path) -> Path:
     # Acquired just now, as a new study in a reading room would be.
     now = datetime.datetime.now()
     patient = {**synthetic_patient(case.seed), "StudyDate": now.strftime("%Y%m%d"), "StudyTime": now.strftime("%H%M%S")}
-    write_study(phantom, folder, seed=case.seed, patient=patient)
-    return folder
+    info = write_study(phantom, folder, seed=case.seed, patient=patient)
+    return folder, info.study_uid
 
 
 def feed_pacs(orthanc: OrthancServer, stop: threading.Event) -> None:
@@ -86,8 +88,11 @@ def feed_pacs(orthanc: OrthancServer, stop: threading.Event) -> None:
             if stop.is_set():
                 return
             started = time.monotonic()
-            folder = write_case(case, Path(tmp))
+            folder, study_uid = write_case(case, Path(tmp))
             count = orthanc.upload_dir(folder)
+            finding = "ich" if case.kind == "ncct" else "lvo"
+            with GROUND_TRUTH_CSV.open("a") as csv_file:
+                csv_file.write(f"{study_uid},{finding},{int(case.positive)}\n")
             label = case.subtype or case.hard_negative or "no finding"
             print(f"demo: sent a synthetic {case.kind.upper()} study ({label}, {count} images) to the PACS", flush=True)
             if index + 1 >= FIRST_BATCH:
@@ -134,6 +139,7 @@ def main() -> int:
         return 1
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     RUN_DIR.mkdir(parents=True)
+    GROUND_TRUTH_CSV.write_text("study_instance_uid,finding,label\n")
     orthanc = OrthancServer(RUN_DIR / "orthanc", port=8042 if not port_open(8042) else free_port()).start()
     fhir = start_fhir_server(RUN_DIR / "fhir")
     env = {
@@ -171,6 +177,7 @@ def print_banner(port: int, passwords: dict[str, str], orthanc: OrthancServer, f
         f"  admin:       demo-admin / {passwords['demo-admin']}   (admin pages: /admin/ and /console/)",
         f"  PACS (Orthanc, DICOMweb): {orthanc.dicomweb_url}",
         f"  EMR (FHIR): {getattr(fhir, 'base_url', 'none')}",
+        f"  Ground truth of the demo studies, to import on /console/: {GROUND_TRUTH_CSV}",
         "  Synthetic studies arrive over the next few minutes. Models are trained on synthetic data: advisory only.",
         "  Ctrl-C stops everything.",
         "",
