@@ -180,13 +180,11 @@ def _version_enqueue(
     if retract and not may_exist:
         _supersede_undelivered(versions)
         return None
+    if _unchanged(latest, endpoint=endpoint, study=study, result=result, reason=reason, retract=retract):
+        return None  # the EMR already has, or will get, exactly this
     status = _next_status(may_exist=may_exist, reason=reason, retract=retract)
     spec = _spec(endpoint=endpoint, result=result, status=status, reason=reason)
     bundle = fhir.report_bundle_build(study=study, result=result, spec=spec)
-    digest = fhir.content_hash(bundle)
-    live = (OutboxState.PENDING, OutboxState.SENDING, OutboxState.SENT)
-    if latest is not None and latest.content_hash == digest and latest.state in live:
-        return None  # the EMR already has, or will get, exactly this
     _supersede_undelivered(versions)
     return OutboxMessage.objects.create(
         endpoint=endpoint,
@@ -196,10 +194,28 @@ def _version_enqueue(
         resource_id=resource_id,
         report_version=(latest.report_version + 1) if latest else 1,
         reason=reason[:32],
-        content_hash=digest,
+        content_hash=fhir.content_hash(bundle),
         result_ids=[result.pk],
         payload=bundle,
     )
+
+
+def _unchanged(
+    latest: OutboxMessage | None,
+    *,
+    endpoint: FhirEndpoint,
+    study: Study,
+    result: TriageResult,
+    reason: str,
+    retract: bool,
+) -> bool:
+    """Would a new version say what the newest live one says? Compared at the newest one's status, so that
+    queueing an unchanged result again does not turn a preliminary report into an amended one."""
+    live = (OutboxState.PENDING, OutboxState.SENDING, OutboxState.SENT)
+    if latest is None or latest.state not in live or retract != (latest.report_status == "entered-in-error"):
+        return False
+    spec = _spec(endpoint=endpoint, result=result, status=latest.report_status, reason=reason)
+    return fhir.content_hash(fhir.report_bundle_build(study=study, result=result, spec=spec)) == latest.content_hash
 
 
 def _spec(*, endpoint: FhirEndpoint, result: TriageResult, status: str, reason: str) -> fhir.ReportSpec:

@@ -169,6 +169,20 @@ def test_backfill_queues_current_results_an_endpoint_never_had(endpoint, fhir_em
         assert len(stored_reports(fhir_emr, result)) == 1
 
 
+def test_an_unchanged_delivered_report_is_not_amended(endpoint, fhir_emr):
+    result = make_result()
+    outbox_enqueue_report(study=result.study, finding="ich")
+    outbox_deliver_due(limit=10)
+
+    again = outbox_enqueue_report(study=result.study, finding="ich")
+    retracted = outbox_retract(study=result.study, finding="ich", reason="duplicate study")
+    retracted_again = outbox_retract(study=result.study, finding="ich", reason="duplicate study")
+
+    assert again == []
+    assert [m.report_status for m in retracted] == ["entered-in-error"]
+    assert retracted_again == []
+
+
 def test_no_current_result_queues_nothing(endpoint):
     study = StudyFactory()
 
