@@ -40,9 +40,7 @@ def paint_extra_axial(
     """A collection under the inner table, thickest at ``axis``: power 2 gives the EDH lens, 4 the SDH crescent.
     It never crosses the midline (the falx)."""
     center = canvas.head.landmark("head_center")
-    reach = 95.0
-    lo = np.minimum(center, center + axis * reach) - 60.0
-    hi = np.maximum(center, center + axis * reach) + 60.0
+    lo, hi = _cap_box(center, axis, half_angle)
     wobble_seed = int(rng.integers(1 << 31))
 
     def painter(region: Region) -> tuple[np.ndarray, float]:
@@ -58,6 +56,21 @@ def paint_extra_axial(
         return occupancy * edge(side * region.coords[2] - 1.0, region.voxel_mm), value
 
     return canvas.paint(lo, hi, painter, lesion=lesion)
+
+
+def _cap_box(center: np.ndarray, axis: np.ndarray, half_angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding box of the shell 35-105 mm from ``center`` within ``half_angle`` of ``axis`` (the inner table)."""
+    helper = np.array([1.0, 0.0, 0.0]) if abs(axis[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    u = np.cross(axis, helper)
+    u /= np.linalg.norm(u)
+    v = np.cross(axis, u)
+    points = [center + axis * r for r in (35.0, 105.0)]
+    for angle in np.linspace(0.0, min(half_angle, np.pi), 6):
+        for turn in np.linspace(0.0, 2 * np.pi, 16, endpoint=False):
+            ray = np.cos(angle) * axis + np.sin(angle) * (np.cos(turn) * u + np.sin(turn) * v)
+            points.extend(center + ray * r for r in (35.0, 105.0))
+    cloud = np.asarray(points)
+    return cloud.min(axis=0) - 2.0, cloud.max(axis=0) + 2.0
 
 
 def paint_edh(canvas: Canvas, rng: np.random.Generator, size: float) -> dict[str, object]:
@@ -196,7 +209,7 @@ def paint_ivh(canvas: Canvas, rng: np.random.Generator, size: float) -> dict[str
         chosen = vent if bilateral else vent * edge(side * region.coords[2] - 1.0, 2.0)
         return chosen * edge(posterior - level, region.voxel_mm), value
 
-    voxels = canvas.paint(lo, hi, blood, lesion=True)
+    voxels = canvas.paint(lo, hi, blood, lesion=True, whole=True)
     return {"side": None if bilateral else _SIDES[side], "voxels": voxels, "depth_mm": round(depth, 1)}
 
 

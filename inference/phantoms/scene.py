@@ -77,6 +77,7 @@ class Region:
         return self.canvas.volume[self.box]
 
 
+_SLAB_VOXELS = 2_000_000
 Painter = Callable[[Region], tuple[np.ndarray, np.ndarray | float]]
 
 
@@ -96,14 +97,26 @@ class Canvas:
         lesion: bool = False,
         add: bool = False,
         solid: bool = False,
+        whole: bool = False,
     ) -> int:
         """Blends ``painter``'s value into the volume with its weight (or adds it); returns the voxels it marks.
-        ``solid`` sets voxels at least half inside to the value outright (a clot that fills a lumen)."""
+        ``solid`` sets voxels at least half inside to the value outright (a clot that fills a lumen). Large boxes are
+        painted in slabs to bound memory, unless the painter needs the ``whole`` box at once."""
         box = self.grid.box_of(np.asarray(lo, float), np.asarray(hi, float))
         if box is None:
             return 0
-        region = Region(self, box, self.grid.canon(box))
-        weight, value = painter(region)
+        plane = (box[1].stop - box[1].start) * (box[2].stop - box[2].start)
+        step = box[0].stop - box[0].start if whole else max(1, _SLAB_VOXELS // max(plane, 1))
+        marked = 0
+        for z0 in range(box[0].start, box[0].stop, step):
+            slab = (slice(z0, min(z0 + step, box[0].stop)), box[1], box[2])
+            marked += self._paint_box(slab, painter, lesion=lesion, add=add, solid=solid)
+        return marked
+
+    def _paint_box(
+        self, box: tuple[slice, slice, slice], painter: Painter, *, lesion: bool, add: bool, solid: bool
+    ) -> int:
+        weight, value = painter(Region(self, box, self.grid.canon(box)))
         weight = np.clip(weight, 0.0, 1.0).astype(np.float32)
         target = self.volume[box]
         if add:

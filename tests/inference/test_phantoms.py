@@ -80,8 +80,12 @@ def test_cta_mask_is_non_empty_exactly_for_positives(seed: int) -> None:
 
 
 def test_unspecified_labels_are_about_half_positive() -> None:
-    positives = sum(generate_ncct(s, shape=(8, 48, 48), anatomy="parametric").positive for s in range(60))
-    assert 18 <= positives <= 42
+    from inference.phantoms import cta, ncct
+
+    draws = [
+        module._decide(np.random.default_rng(s), None, None, None)[0] for s in range(400) for module in (ncct, cta)
+    ]
+    assert 0.44 <= float(np.mean(draws)) <= 0.56
 
 
 @pytest.mark.parametrize("subtype", ["edh", "sdh", "iph", "sah", "ivh"])
@@ -178,8 +182,8 @@ def test_both_anatomies_give_a_head_with_brain_skull_and_air(anatomy: str) -> No
 
 
 def test_family_changes_the_scanner_population() -> None:
-    a = {generate_ncct(s, shape=(8, 48, 48), family="A").meta["scanner"]["model"] for s in range(12)}
-    b = {generate_ncct(s, shape=(8, 48, 48), family="B").meta["scanner"]["model"] for s in range(12)}
+    a = {generate_ncct(s, shape=(4, 32, 32), family="A").meta["scanner"]["model"] for s in range(6)}
+    b = {generate_ncct(s, shape=(4, 32, 32), family="B").meta["scanner"]["model"] for s in range(6)}
     assert a.isdisjoint(b - {"LightSpeed VCT"})
 
 
