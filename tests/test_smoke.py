@@ -75,3 +75,26 @@ def test_token_login_with_a_wrong_password_is_refused(api_client):
     response = api_client.post("/api/v1/auth/token/", {"username": "rad9", "password": "nope"})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_credentials"
+
+
+@pytest.mark.django_db
+def test_readyz_counts_a_scheduled_retry_from_when_it_became_due(client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_tasks_db.models import DBTaskResult
+
+    from triage.services import worker_heartbeat
+
+    worker_heartbeat(worker_id="poller-1", kind="poll")
+    task = DBTaskResult.objects.create(
+        task_path="triage.tasks.example",
+        args_kwargs={"args": [], "kwargs": {}},
+        queue_name="default",
+        backend_name="default",
+        priority=0,
+        run_after=timezone.now() - timedelta(seconds=5),
+    )
+    DBTaskResult.objects.filter(pk=task.pk).update(enqueued_at=timezone.now() - timedelta(minutes=30))
+    response = client.get("/readyz")
+    assert response.status_code == 200
