@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.db.models import Max, Min
-from django.db.models.functions import Coalesce
 
 from triage.models import DicomWebSource, ModelConfig, ThresholdOverride, WorkerHeartbeat
 
@@ -18,9 +17,13 @@ def task_queue_oldest_ready_enqueued_at() -> datetime | None:
     """When the oldest task still waiting for a worker was enqueued: a stalled queue means no task worker runs."""
     from django_tasks_db.models import DBTaskResult
 
-    # A retry scheduled for later waits from its run_after, not from when it was first enqueued.
-    waiting_since = Coalesce("run_after", "enqueued_at")
-    return DBTaskResult.objects.ready().aggregate(oldest=Min(waiting_since))["oldest"]
+    from django_tasks_db.models import get_date_max
+
+    # A task scheduled for later waits from its run_after, not from when it was first enqueued.
+    ready = DBTaskResult.objects.ready()
+    unscheduled = ready.filter(run_after=get_date_max()).aggregate(oldest=Min("enqueued_at"))["oldest"]
+    scheduled = ready.exclude(run_after=get_date_max()).aggregate(oldest=Min("run_after"))["oldest"]
+    return min((t for t in (unscheduled, scheduled) if t is not None), default=None)
 
 
 def threshold_for(*, finding: str, source: DicomWebSource | None) -> float | None:
