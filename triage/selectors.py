@@ -15,9 +15,7 @@ def worker_heartbeat_latest() -> datetime | None:
 
 def task_queue_oldest_ready_enqueued_at() -> datetime | None:
     """When the oldest task still waiting for a worker was enqueued: a stalled queue means no task worker runs."""
-    from django_tasks_db.models import DBTaskResult
-
-    from django_tasks_db.models import get_date_max
+    from django_tasks_db.models import DBTaskResult, get_date_max
 
     # A task scheduled for later waits from its run_after, not from when it was first enqueued.
     ready = DBTaskResult.objects.ready()
