@@ -6,6 +6,7 @@ logged or put in an error message. SMART access tokens are cached per endpoint u
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -95,7 +96,8 @@ def auth_headers(endpoint: FhirEndpoint) -> dict[str, str]:
     if endpoint.auth == FhirAuth.BEARER:
         return {"Authorization": f"Bearer {_secret(endpoint)}"}
     if endpoint.auth == FhirAuth.BASIC:
-        return {"Authorization": requests.auth._basic_auth_str(endpoint.username, _secret(endpoint))}
+        pair = f"{endpoint.username}:{_secret(endpoint)}".encode()
+        return {"Authorization": f"Basic {base64.b64encode(pair).decode('ascii')}"}
     if endpoint.auth == FhirAuth.SMART:
         return {"Authorization": f"Bearer {smart_access_token(endpoint)}"}
     raise FhirAuthError(f"Endpoint {endpoint.name!r} has an unknown auth mode {endpoint.auth!r}", retryable=False)
