@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -37,6 +38,7 @@ BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 600.0
 RETRY_AFTER_CAP_SECONDS = 3600.0
 RETRYABLE_STATUS = frozenset({408, 429})
+KICK_INTERVAL_SECONDS = 0.25
 CORRECTION_REASONS = frozenset({"correction", "radiologist_disagrees"})
 DISPUTED_NOTE = "A radiologist has marked this AI finding as incorrect."
 
@@ -255,8 +257,20 @@ def outbox_deliver_task(limit: int = 100) -> int:
     return outbox_deliver_due(limit=limit).sent
 
 
+_last_kick = 0.0
+
+
 def outbox_kick() -> None:
-    """After commit: ask a task worker to deliver now instead of at the loop's next poll."""
+    """After commit: ask a task worker to deliver now instead of at the loop's next poll.
+
+    At most one task per KICK_INTERVAL_SECONDS per process: in a burst, one task delivers everything due, and a
+    task is a database write the committing caller waits for.
+    """
+    global _last_kick
+    now = time.monotonic()
+    if now - _last_kick < KICK_INTERVAL_SECONDS:
+        return
+    _last_kick = now
     try:
         outbox_deliver_task.enqueue()
     except Exception:  # noqa: BLE001 - best effort: the message is committed and the loop will deliver it
