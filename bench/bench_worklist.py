@@ -192,21 +192,24 @@ def commit_change(item_id: int, user_id: int, commit_times: dict[int, float]) ->
         action(study_instance_uid=item.study.study_instance_uid, user=user)
 
 
-async def ws_client(
-    url: str, cookie: str, received: dict[int, list[float]], ready: asyncio.Event, counter: list
-) -> None:
+async def ws_client(url: str, cookie: str, received: dict[int, list[float]], hello: asyncio.Future) -> None:
     import websockets
 
     headers = {"Cookie": f"sessionid={cookie}", "Origin": "http://127.0.0.1"}
-    async with websockets.connect(url, additional_headers=headers, max_queue=None, open_timeout=60) as socket:
-        hello = json.loads(await asyncio.wait_for(socket.recv(), timeout=60))
-        assert hello["type"] == "hello", hello
-        counter[0] += 1
-        if counter[0] == WS_CLIENTS:
-            ready.set()
-        for _ in range(WS_EVENTS):
-            message = json.loads(await asyncio.wait_for(socket.recv(), timeout=30))
-            received.setdefault(message["seq"], []).append(time.time())
+    try:
+        async with websockets.connect(url, additional_headers=headers, max_queue=None, open_timeout=60) as socket:
+            first = json.loads(await asyncio.wait_for(socket.recv(), timeout=60))
+            hello.set_result(first["type"] == "hello")
+            raw = []
+            for _ in range(WS_EVENTS):
+                text = await asyncio.wait_for(socket.recv(), timeout=30)
+                raw.append((time.time(), text))  # stamp first, decode after: the client's JSON is not the server's
+            for stamp, text in raw:
+                received.setdefault(json.loads(text)["seq"], []).append(stamp)
+    except BaseException as err:
+        if not hello.done():
+            hello.set_exception(err)
+        raise
 
 
 async def bench_websockets(port: int) -> dict:
@@ -221,20 +224,22 @@ async def bench_websockets(port: int) -> dict:
     item_id = await sync_to_async(lambda: WorklistItem.objects.order_by("-sort_key").values_list("id", flat=True)[0])()
     user_id = await sync_to_async(lambda: User.objects.get(username="bench-ws").pk)()
     received: dict[int, list[float]] = {}
-    ready, counter = asyncio.Event(), [0]
+    loop = asyncio.get_running_loop()
+    hellos = [loop.create_future() for _ in range(WS_CLIENTS)]
     url = f"ws://127.0.0.1:{port}/ws/worklist/"
     start = time.perf_counter()
     clients = []
-    for _ in range(WS_CLIENTS):  # connect in waves so the server's accept queue is never the bottleneck
-        clients.append(asyncio.create_task(ws_client(url, cookie, received, ready, counter)))
-        await asyncio.sleep(0.005)
-    await asyncio.wait_for(ready.wait(), timeout=180)
+    for hello in hellos:  # paced so the server's accept queue is never the bottleneck
+        clients.append(asyncio.create_task(ws_client(url, cookie, received, hello)))
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.gather(*hellos, return_exceptions=True), timeout=240)
     connect_seconds = time.perf_counter() - start
     commit_times: dict[int, float] = {}
     for _ in range(WS_EVENTS):
         await sync_to_async(commit_change, thread_sensitive=False)(item_id, user_id, commit_times)
         await asyncio.sleep(0.25)  # one change at a time: the measure is latency, not a backlog
-    await asyncio.wait_for(asyncio.gather(*clients), timeout=120)
+    outcomes = await asyncio.wait_for(asyncio.gather(*clients, return_exceptions=True), timeout=120)
+    failures = [repr(o) for o in outcomes if isinstance(o, BaseException)]
     latencies = [
         (t - commit_times[seq]) * 1000 for seq, times in received.items() for t in times if seq in commit_times
     ]
@@ -244,6 +249,8 @@ async def bench_websockets(port: int) -> dict:
         "events": WS_EVENTS,
         "deliveries_expected": WS_CLIENTS * WS_EVENTS,
         "connect_all_seconds": round(connect_seconds, 2),
+        "client_failures": len(failures),
+        "first_failures": failures[:3],
         "target_p95_ms": WS_TARGET_MS,
     }
 
@@ -276,11 +283,17 @@ def main() -> int:
             populate(STUDIES)
             populate_seconds = time.perf_counter() - started
             results = {"api": bench_api(), "populate_seconds": round(populate_seconds, 1)}
+            print(f"API first page over {STUDIES} studies: {results['api']}", flush=True)
             results["layer_round_trip"] = asyncio.run(bench_layer_round_trip())
             port = free_port()
             server = start_daphne(port, Path(tmp) / "daphne.log")
             wait_until(lambda: port_open(port), timeout=60, what="daphne")
             results["websocket"] = asyncio.run(bench_websockets(port))
+        except BaseException:
+            log = Path(tmp) / "daphne.log"
+            if log.exists():
+                print("daphne log (tail):", log.read_text()[-4000:], file=sys.stderr)
+            raise
         finally:
             if server is not None:
                 server.terminate()
@@ -292,6 +305,7 @@ def main() -> int:
         and results["websocket"]["p95_ms"] <= WS_TARGET_MS
         and results["websocket"]["n"] == results["websocket"]["deliveries_expected"]
     )
+    results["machine"] = {"cpus": os.cpu_count(), "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()]}
     print(table(results))
     print(f"populated {STUDIES} studies in {results['populate_seconds']} s; passed: {results['passed']}")
     out = ROOT / "bench" / "results" / "worklist.json"

@@ -112,11 +112,11 @@ AUTH_USER_MODEL = "triage.User"
 
 _redis_url = env_str("REDIS_URL")
 if _redis_url:
+    # Pub/sub: a group message is published once and each server process fans it out to its own sockets, so an
+    # event reaches hundreds of worklists in one Redis round trip. Delivery is at most once; worklist clients
+    # notice a missed event by its sequence number and reload the snapshot.
     CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [_redis_url], "capacity": 1500, "expiry": 30},
-        }
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [_redis_url]}}
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

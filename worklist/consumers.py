@@ -31,4 +31,4 @@ class WorklistConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "pong"})
 
     async def worklist_event(self, event: dict) -> None:
-        await self.send_json(event["payload"])
+        await self.send(text_data=event["text"])

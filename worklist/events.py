@@ -6,6 +6,7 @@ that sees a gap (or an older number) reloads the REST snapshot, whose ``seq`` te
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from asgiref.sync import async_to_sync
@@ -50,4 +51,5 @@ def broadcast(payload: dict) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    async_to_sync(layer.group_send)(WORKLIST_GROUP, {"type": EVENT_TYPE, "payload": payload})
+    # Encoded once here rather than once per connected socket.
+    async_to_sync(layer.group_send)(WORKLIST_GROUP, {"type": EVENT_TYPE, "text": json.dumps(payload)})

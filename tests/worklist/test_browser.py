@@ -45,7 +45,7 @@ def live_server_url(transactional_db, redis_server, settings, tmp_path) -> Itera
     from channels.layers import channel_layers
 
     settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_server.url]}}
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [redis_server.url]}}
     }
     channel_layers.backends.clear()
     port = free_port()
