@@ -68,8 +68,6 @@ def _iv(d: dict[str, float]) -> str:
 
 
 def render_markdown(card: dict[str, Any]) -> str:
-    t, v = card["training"], card["validation"]
-    op = v["operating_point"]
     lines = [
         f"# Model card: {card['name']} {card['version']}",
         "",
@@ -85,22 +83,35 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         "## Limits",
         *[f"- {item}" for item in card["limits"]],
-        "",
+    ]
+    if card.get("training", {}).get("train_count"):
+        lines += ["", *_training_markdown(card["training"])]
+    if card.get("validation", {}).get("auc"):
+        lines += ["", *_validation_markdown(card["validation"])]
+    if "evaluation" in card:
+        lines += ["", *_evaluation_markdown(card["evaluation"])]
+    return "\n".join(lines) + "\n"
+
+
+def _training_markdown(t: dict[str, Any]) -> list[str]:
+    return [
         "## Training data",
         f"- {t['data']}; generator family {t['generator_family']}",
         f"- {t['train_count']} training phantoms (seeds {t['train_seeds']}), {t['val_count']} validation phantoms "
         f"(seeds {t['val_seeds']}); classes balanced, subtypes in turn",
         f"- {t['epochs']} epochs (best: {t['best_epoch']}), batch {t['batch_size']}, learning rate "
         f"{t['learning_rate']}, {t['seconds']:.0f} s on CPU, torch {t['torch']}",
-        "",
+    ]
+
+
+def _validation_markdown(v: dict[str, Any]) -> list[str]:
+    op = v["operating_point"]
+    return [
         "## Validation (synthetic, same generator family)",
         f"- AUC {_iv(v['auc'])}",
         f"- At the threshold: sensitivity {_iv(op['sensitivity'])}, specificity {_iv(op['specificity'])}",
         f"- Calibration: ECE {v['calibration']['ece']:.3f}, Brier {v['calibration']['brier']:.3f}",
     ]
-    if "evaluation" in card:
-        lines += ["", *_evaluation_markdown(card["evaluation"])]
-    return "\n".join(lines) + "\n"
 
 
 def _evaluation_markdown(ev: dict[str, Any]) -> list[str]:

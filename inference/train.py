@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 SEED_STRIDE = 1_000_000
 VAL_OFFSET = 500_000
 CAM_STRIDE = 8  # both networks localise at 1/8 of the model grid
-ICH_CHUNK = 12  # slices per training crop: the study score is a maximum over slices, so crops train it well
+ICH_CHUNK = 8  # slices per training crop: the study score is a maximum over slices, so crops train it well
 LVO_SUBTYPES = ("ica_t", "m1")
 
 
@@ -297,6 +297,7 @@ class RunConfig:
     workers: int
     target_sensitivity: float
     family: str
+    budget_s: float | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -319,13 +320,14 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     generation_s = time.time() - started
     model = build_network(arch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
+    schedule = LrSchedule(cfg, math.ceil(len(train) / cfg.batch_size))
     rng = np.random.default_rng(cfg.seed)
     best: dict[str, Any] = {"auc": -1.0}
     history = []
     for epoch in range(cfg.epochs):
-        losses = _train_epoch(model, optimizer, scheduler, cfg, train, rng, epoch)
+        if schedule.exhausted():
+            break
+        losses = _train_epoch(model, optimizer, schedule, cfg, train, rng, epoch)
         val_auc = _val_auc(model, cfg.finding, val)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auc": val_auc})
         logger.info("epoch %d loss %.4f val AUC %.4f", epoch + 1, np.mean(losses), val_auc)
@@ -342,14 +344,44 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     return summary
 
 
-def _train_epoch(model, optimizer, scheduler, cfg: RunConfig, train, rng, epoch: int) -> list[float]:  # noqa: ANN001
+class LrSchedule:
+    """Warm-up then cosine decay over the planned steps, or over wall time when a time budget is set.
+
+    A time budget keeps training within its slot on a shared machine: the learning rate follows the fraction of the
+    budget used, so a slower machine trains fewer steps but still ends at a low learning rate.
+    """
+
+    def __init__(self, cfg: RunConfig, steps_per_epoch: int) -> None:
+        self.base_lr, self.total_steps, self.budget_s = cfg.lr, max(1, cfg.epochs * steps_per_epoch), cfg.budget_s
+        self.steps, self.started = 0, time.monotonic()
+
+    def progress(self) -> float:
+        by_steps = self.steps / self.total_steps
+        if self.budget_s is None:
+            return by_steps
+        return max(by_steps, (time.monotonic() - self.started) / self.budget_s)
+
+    def exhausted(self) -> bool:
+        return self.progress() >= 1.0
+
+    def apply(self, optimizer: torch.optim.Optimizer) -> None:
+        t = min(self.progress(), 1.0)
+        lr = self.base_lr * (t / 0.05 if t < 0.05 else 0.5 * (1 + math.cos(math.pi * (t - 0.05) / 0.95)))
+        for group in optimizer.param_groups:
+            group["lr"] = max(lr, self.base_lr * 0.01)
+        self.steps += 1
+
+
+def _train_epoch(model, optimizer, schedule: LrSchedule, cfg: RunConfig, train, rng, epoch: int) -> list[float]:  # noqa: ANN001
     order = rng.permutation(len(train))
     losses: list[float] = []
     bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
     for i in bar:
+        if schedule.exhausted():
+            break
+        schedule.apply(optimizer)
         batch = BATCHERS[cfg.finding]([train[j] for j in order[i : i + cfg.batch_size]], rng, augment=True)
         losses.append(train_step(model, optimizer, cfg.finding, batch))
-        scheduler.step()
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     return losses
 
@@ -379,7 +411,8 @@ def _summarise(model, cfg: RunConfig, val, history, best_epoch: int, seconds: fl
             "train_seeds": f"{phantom_seed(cfg.seed, 0)}..{phantom_seed(cfg.seed, cfg.train_count - 1)}",
             "val_seeds": f"{phantom_seed(cfg.seed, 0, validation=True)}.."
             f"{phantom_seed(cfg.seed, cfg.val_count - 1, validation=True)}",
-            "epochs": cfg.epochs,
+            "epochs": len(history),
+            "time_budget_s": cfg.budget_s,
             "best_epoch": best_epoch,
             "batch_size": cfg.batch_size,
             "learning_rate": cfg.lr,
@@ -404,16 +437,17 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--batch-size", type=int, default=None, help="default: 16 (ich crops) or 8 (lvo)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: 12 (ich crops) or 8 (lvo)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes generating phantoms")
     p.add_argument("--target-sensitivity", type=float, default=0.95)
     p.add_argument("--family", default="A", help="phantom generator family used for training")
+    p.add_argument("--time-budget-min", type=float, default=None, help="stop training after this many minutes")
     a = p.parse_args(argv)
-    batch = a.batch_size or (16 if a.finding == "ich" else 8)
+    batch = a.batch_size or (12 if a.finding == "ich" else 8)
     return RunConfig(
         a.finding, a.train_count, a.val_count, a.seed, a.epochs, a.out, batch, a.lr, a.workers,
-        a.target_sensitivity, a.family,
+        a.target_sensitivity, a.family, a.time_budget_min * 60 if a.time_budget_min else None,
     )  # fmt: skip
 
 

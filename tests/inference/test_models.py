@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference import loader, train
+from inference.modelcard import write_card
+from inference.networks import ARCHITECTURES, build_network, count_parameters
+from inference.phantoms.types import Phantom
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
+def _phantom(seed: int, positive: bool, finding: str = "ich") -> Phantom:
+    """A plain ellipsoid head, with a dense blob (blood or an occluded segment) when positive."""
+    rng = np.random.default_rng(seed)
+    shape = (12, 64, 64)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    head = ((z - 5.5) / 5.5) ** 2 + ((y - 32) / 26) ** 2 + ((x - 32) / 22) ** 2 < 1
+    vol = np.where(head, 30.0, -1000.0).astype(np.float32) + rng.normal(0, 3, shape).astype(np.float32)
+    mask = np.zeros(shape, dtype=bool)
+    if positive:
+        cz, cy, cx = 6, int(rng.integers(20, 40)), int(rng.integers(20, 40))
+        mask[cz - 1 : cz + 2, cy - 4 : cy + 4, cx - 4 : cx + 4] = True
+        vol[mask] = 75.0
+    return Phantom(vol, (5.0, 3.0, 3.0), finding, positive, "iph" if positive else None, "left", mask)
+
+
+def test_ich_network_output_shapes():
+    out = build_network("ich2d-v1").eval()(torch.zeros(2, 5, 3, 64, 64))
+    assert out["logit"].shape == (2,)
+    assert out["slice_logits"].shape == (2, 5)
+    assert out["subtype_logits"].shape == (2, 5)
+    assert out["cam"].shape == (2, 5, 8, 8)
+
+
+def test_lvo_network_output_shapes():
+    out = build_network("lvo3d-v1").eval()(torch.zeros(1, 2, 32, 64, 64))
+    assert out["logit"].shape == (1,)
+    assert out["side_logit"].shape == (1,)
+    assert out["cam"].shape == (1, 4, 8, 8)
+
+
+def test_ich_network_is_about_a_third_of_a_million_parameters():
+    assert 200_000 < count_parameters(build_network("ich2d-v1")) < 400_000
+
+
+def test_registered_networks_compile_to_torchscript():
+    for name in ARCHITECTURES:
+        torch.jit.script(build_network(name).eval())
+
+
+def test_sample_targets_mark_the_lesion():
+    phantom = _phantom(1, True)
+    sample = train.make_sample(phantom)
+    cam = sample["cam_target"]
+    assert sample["slice_target"].any()
+    assert cam.any()
+    assert not train.make_sample(_phantom(2, False))["cam_target"].any()
+
+
+def _tiny_training(steps: int) -> list[float]:
+    train.seed_everything(0)
+    samples = [train.make_sample(_phantom(i, i % 2 == 0)) for i in range(4)]
+    batch = train.ich_batch(samples, np.random.default_rng(0), augment=False)
+    # The middle slices and the centre of the field keep the steps fast; the lesions lie inside both.
+    batch["x"] = batch["x"][:, 3:9, :, 32:96, 32:96].contiguous()
+    batch["cam"] = batch["cam"][:, 3:9, 4:12, 4:12].contiguous()
+    batch["slice"] = batch["slice"][:, 3:9].contiguous()
+    model = build_network("ich2d-v1")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    return [train.train_step(model, optimizer, "ich", batch) for _ in range(steps)]
+
+
+def test_tiny_training_lowers_the_loss_and_repeats_exactly():
+    torch.set_num_threads(1)
+    losses = _tiny_training(6)
+    assert losses[-1] < losses[0] * 0.8
+    assert _tiny_training(6) == losses
+
+
+def test_model_card_hash_pins_the_weights(tmp_path: Path):
+    weights = tmp_path / "ich2d-v1.pt"
+    torch.save(build_network("ich2d-v1").state_dict(), weights)
+    summary = {
+        "finding": "ich",
+        "architecture": "ich2d-v1",
+        "parameters": 1,
+        "threshold": 0.3,
+        "target_sensitivity": 0.95,
+        "training": {},
+        "validation": {},
+    }
+    card = write_card(weights, summary)
+    assert json.loads((tmp_path / "ich2d-v1.card.json").read_text())["sha256"] == card["sha256"]
+    assert "Not a medical device" in (tmp_path / "ich2d-v1.card.md").read_text()
+    assert loader.load_model(weights, finding="ich").architecture == "ich2d-v1"
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    with pytest.raises(loader.WeightsHashMismatch):
+        loader.load_model(weights, finding="ich")
