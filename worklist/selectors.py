@@ -95,15 +95,14 @@ def worklist_page(*, items: QuerySet[WorklistItem], offset: int, limit: int, now
     """
     starving = Q(status=ItemStatus.WAITING, received_at__lt=now - max_wait())
     in_tier = items.order_by(*READING_ORDER[1:])
-    starving_count = in_tier.filter(starving).count()
-    total = starving_count + in_tier.exclude(starving).count()
     end = offset + limit
-    page: list[WorklistItem] = []
-    if offset < starving_count:
-        page += list(in_tier.filter(starving)[offset : min(end, starving_count)])
-    if end > starving_count:
-        page += list(in_tier.exclude(starving)[max(0, offset - starving_count) : end - starving_count])
-    return total, page
+    page = list(in_tier.filter(starving)[offset:end])
+    if len(page) == limit:
+        return items.count(), page
+    # The page reaches past the starving tier: its size is known from the page unless the page starts beyond it.
+    starving_count = offset + len(page) if page or offset == 0 else in_tier.filter(starving).count()
+    page += list(in_tier.exclude(starving)[max(0, offset - starving_count) : end - starving_count])
+    return items.count(), page
 
 
 def worklist_item_for_payload(*, item_id: int, now: datetime | None = None) -> WorklistItem:
