@@ -148,6 +148,8 @@ def main() -> int:
         "TRIAGE_SQLITE_PATH": str(RUN_DIR / "demo.sqlite3"),
         "TRIAGE_DICOMWEB_URL": orthanc.dicomweb_url,
         "TRIAGE_POLL_SECONDS": "2",
+        # Studies arrive instance by instance; a short settle time keeps the demo quick.
+        "TRIAGE_STUDY_SETTLE_SECONDS": os.environ.get("TRIAGE_STUDY_SETTLE_SECONDS", "3"),
         "TRIAGE_HTTP_PORT": str(port),
     }
     env.pop("DATABASE_URL", None)

@@ -31,6 +31,8 @@ T = TypeVar("T")
 # Ask for the stored transfer syntax and decode locally: Orthanc cannot transcode JPEG 2000 (CONTRACT.md).
 STORED_TRANSFER_SYNTAX = (("application/dicom", "*"),)
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+NUMBER_OF_STUDY_INSTANCES = "00201208"
+NUMBER_OF_SERIES_INSTANCES = "00201209"
 
 
 class PacsNotFound(TriageError):
@@ -129,9 +131,11 @@ class Pacs:
     def for_source(cls, source: DicomWebSource) -> Pacs:
         return cls(client_for_source(source))
 
-    def search_studies(self, *, filters: dict[str, Any], limit: int, offset: int) -> list[dict]:
+    def search_studies(
+        self, *, filters: dict[str, Any], limit: int, offset: int, fields: list[str] | None = None
+    ) -> list[dict]:
         return _pacs_call(
-            lambda: self.client.search_for_studies(search_filters=filters, limit=limit, offset=offset),
+            lambda: self.client.search_for_studies(search_filters=filters, limit=limit, offset=offset, fields=fields),
             what="study search",
             policy=self.policy,
         )
@@ -139,6 +143,13 @@ class Pacs:
     def study_exists(self, study_uid: str) -> bool:
         found = self.search_studies(filters={"StudyInstanceUID": study_uid}, limit=1, offset=0)
         return bool(found)
+
+    def study_instance_count(self, study_uid: str) -> int | None:
+        """NumberOfStudyRelatedInstances as the PACS reports it now; None when it does not say (or has no study)."""
+        found = self.search_studies(
+            filters={"StudyInstanceUID": study_uid}, limit=1, offset=0, fields=["NumberOfStudyRelatedInstances"]
+        )
+        return json_int(found[0], NUMBER_OF_STUDY_INSTANCES) if found else None
 
     def series_metadata(self, study_uid: str, series_uid: str) -> list[dict]:
         """Instance metadata (DICOM JSON, no pixel data) of every instance in a series."""
@@ -207,6 +218,14 @@ def json_value(item: dict, keyword_tag: str) -> Any:
     if isinstance(value, dict) and "Alphabetic" in value:
         return value["Alphabetic"]
     return value
+
+
+def json_int(item: dict, keyword_tag: str) -> int | None:
+    """An integer attribute (IS, US, UL) as an int, or None when absent or not a number."""
+    try:
+        return int(json_value(item, keyword_tag))
+    except (TypeError, ValueError):
+        return None
 
 
 def json_values(item: dict, keyword_tag: str) -> list[Any]:

@@ -229,6 +229,12 @@ class TriageJob(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
     timings = models.JSONField(default=dict, blank=True, help_text="Seconds per stage")
+    instance_count = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Instances the PACS held for the study when the job last looked"
+    )
+    instance_count_since = models.DateTimeField(
+        null=True, blank=True, help_text="When that count was first seen: the study is triaged once it is settled"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -192,6 +192,8 @@ TRIAGE_PACS_HTTP_ATTEMPTS = env_int("TRIAGE_PACS_HTTP_ATTEMPTS", 3, minimum=1)
 TRIAGE_PACS_RETRY_BASE_SECONDS = env_float("TRIAGE_PACS_RETRY_BASE_SECONDS", 5.0, minimum=0.0)
 TRIAGE_PACS_RETRY_MAX_SECONDS = env_float("TRIAGE_PACS_RETRY_MAX_SECONDS", 600.0, minimum=0.0)
 TRIAGE_PACS_MAX_RETRIES = env_int("TRIAGE_PACS_MAX_RETRIES", 50, minimum=1)
+# A PACS receives a study instance by instance: triage it once its instance count has not changed for this long.
+TRIAGE_STUDY_SETTLE_SECONDS = env_float("TRIAGE_STUDY_SETTLE_SECONDS", 10.0, minimum=0.0)
 TRIAGE_POLL_PAGE_SIZE = env_int("TRIAGE_POLL_PAGE_SIZE", 100, minimum=1)
 TRIAGE_POLL_OVERLAP_DAYS = env_int("TRIAGE_POLL_OVERLAP_DAYS", 1, minimum=0)
 TRIAGE_POLL_LOOKBACK_DAYS = env_int("TRIAGE_POLL_LOOKBACK_DAYS", 7, minimum=0)

@@ -100,3 +100,10 @@ def quick_retries(settings):  # noqa: ANN001, ANN201
     settings.TRIAGE_PACS_HTTP_ATTEMPTS = 3
     settings.TRIAGE_HTTP_TIMEOUT_SECONDS = 1.0
     return settings
+
+
+@pytest.fixture
+def no_settle(settings):  # noqa: ANN001, ANN201
+    """Studies uploaded whole before their job runs: nothing to wait for (the settle tests set their own)."""
+    settings.TRIAGE_STUDY_SETTLE_SECONDS = 0
+    return settings

@@ -10,6 +10,7 @@ from tests.dicom_helpers import compress_jpeg_lossless
 from tests.triage.dicom_build import SeriesSpec, StudySpec, hu_volume
 from tests.triage.ingest_fixtures import (  # noqa: F401
     fake_models,
+    no_settle,
     pacs_source,
     proxied_source,
     proxy,
@@ -21,7 +22,7 @@ from triage.ingest.pipeline import job_process, series_volume
 from triage.models import JobState, Series, TriageJob, TriageResult
 from triage.services import study_request_triage
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_settle")]
 
 
 def queue(spec: StudySpec, source_name: str = "pacs") -> TriageJob:

@@ -61,6 +61,7 @@ def processes(untrained_weights: Path) -> Iterator:
         "TRIAGE_JOB_LEASE_SECONDS": "2",
         "TRIAGE_POLL_SECONDS": "0.5",
         "TRIAGE_PACS_RETRY_BASE_SECONDS": "0",
+        "TRIAGE_STUDY_SETTLE_SECONDS": "0",
         "TRIAGE_MODEL_DIR": str(untrained_weights),
         "TRIAGE_LOG_LEVEL": "WARNING",
     }

@@ -152,3 +152,44 @@ def test_unexpected_error_fails_the_job_without_patient_data(monkeypatch, caplog
     assert job.error_code == "internal_error"
     assert "Doe" not in job.error_message
     assert "Doe" not in caplog.text
+
+
+def test_waiting_for_a_study_to_settle_costs_no_attempt_and_no_pacs_failure(django_capture_on_commit_callbacks):
+    job = JobFactory(attempts=2, pacs_failures=1)
+    mine = jobs.job_claim(job_id=job.pk, owner="a")
+    later = timezone.now() + timedelta(seconds=7)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        state = jobs.job_wait_to_settle(
+            job=mine, owner="a", instance_count=40, since=timezone.now(), available_at=later, message="", timings={}
+        )
+
+    job.refresh_from_db()
+    assert state == JobState.QUEUED
+    assert (job.attempts, job.pacs_failures, job.instance_count, job.available_at) == (2, 1, 40, later)
+    assert DBTaskResult.objects.filter(id=job.task_id, status="READY").exists()
+
+
+def test_model_unavailable_backs_off_for_minutes_and_counts_the_attempt(settings):
+    settings.TRIAGE_JOB_MAX_ATTEMPTS = 6
+    job = JobFactory(attempts=2)
+    mine = jobs.job_claim(job_id=job.pk, owner="a")
+
+    state = jobs.job_retry_model(job=mine, owner="a", error_code="model_unavailable", error_message="no", timings={})
+
+    job.refresh_from_db()
+    assert (state, job.attempts, job.error_code) == (JobState.QUEUED, 3, "model_unavailable")
+    assert 120 <= (job.available_at - timezone.now()).total_seconds() <= 240
+
+
+def test_only_a_finished_job_whose_study_grew_is_queued_again():
+    done = JobFactory(state=JobState.DONE, instance_count=32, attempts=1, finished_at=timezone.now())
+    running = JobFactory(state=JobState.FETCHING, instance_count=32)
+
+    same = jobs.job_requeue_grown(job_id=done.pk, instance_count=32)
+    grown = jobs.job_requeue_grown(job_id=done.pk, instance_count=90)
+    busy = jobs.job_requeue_grown(job_id=running.pk, instance_count=90)
+
+    done.refresh_from_db()
+    assert (same, grown, busy) == (False, True, False)
+    assert (done.state, done.attempts, done.instance_count, done.finished_at) == (JobState.QUEUED, 0, 90, None)

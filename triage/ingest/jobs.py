@@ -10,6 +10,10 @@ A worker killed with SIGKILL leaves its job in ``fetching``/``inferring`` with a
 ``attempts`` counts claims that did not end in a PACS error, so a study that keeps crashing workers fails with
 ``max_attempts``; PACS failures are counted in ``pacs_failures`` and retried with exponential backoff for longer,
 because an outage is not the study's fault.
+
+A study still arriving (its instance count changed within ``TRIAGE_STUDY_SETTLE_SECONDS``) goes back to the queue
+until it has settled, costing neither an attempt nor a PACS failure. A model that cannot be loaded (weights missing,
+wrong hash or shape) costs an attempt and is retried with a long backoff, so an admin can install the weights.
 """
 
 from __future__ import annotations
@@ -24,13 +28,16 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from triage.models import ACTIVE_JOB_STATES, JobState, TriageJob
+from triage.models import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobState, TriageJob
 
 logger = logging.getLogger(__name__)
 
 # A queued job younger than this may still have its task on the way (enqueued on commit): leave it alone.
 SWEEP_GRACE_SECONDS = 5.0
 SWEEP_BATCH = 200
+# Retries of a job whose model cannot be loaded: time for an admin to install weights, not a busy loop.
+MODEL_RETRY_BASE_SECONDS = 60.0
+MODEL_RETRY_MAX_SECONDS = 1800.0
 
 
 class LeaseLost(Exception):
@@ -133,6 +140,103 @@ def job_retry_later(*, job: TriageJob, owner: str, error_code: str, error_messag
         )
         job_enqueue_on_commit(job_id=job.pk, run_after=available_at)
     return JobState.QUEUED
+
+
+def job_settle_note(*, job: TriageJob, owner: str, instance_count: int | None, since: datetime) -> None:
+    """Remember the study's instance count and since when it has held, while the job is still ours."""
+    held = TriageJob.objects.filter(pk=job.pk, lease_owner=owner, state__in=ACTIVE_JOB_STATES).update(
+        instance_count=instance_count, instance_count_since=since
+    )
+    if not held:
+        raise LeaseLost(f"job {job.pk}")
+    job.instance_count, job.instance_count_since = instance_count, since
+
+
+def job_wait_to_settle(
+    *,
+    job: TriageJob,
+    owner: str,
+    instance_count: int | None,
+    since: datetime,
+    available_at: datetime,
+    message: str,
+    timings: dict,
+    refund: bool = True,
+) -> str:
+    """Back to the queue until the study has stopped changing. ``refund``: the claim is not counted as an attempt."""
+    with transaction.atomic():
+        job_lock_held(job=job, owner=owner)
+        TriageJob.objects.filter(pk=job.pk).update(
+            state=JobState.QUEUED,
+            attempts=F("attempts") - 1 if refund else F("attempts"),
+            available_at=available_at,
+            instance_count=instance_count,
+            instance_count_since=since,
+            lease_owner="",
+            lease_expires_at=None,
+            error_code="settling",
+            error_message=message[:2000],
+            timings=timings,
+        )
+        job_enqueue_on_commit(job_id=job.pk, run_after=available_at)
+    return JobState.QUEUED
+
+
+def model_backoff_seconds(attempts: int) -> float:
+    ceiling = min(MODEL_RETRY_MAX_SECONDS, MODEL_RETRY_BASE_SECONDS * 2 ** max(attempts - 1, 0))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+def job_retry_model(*, job: TriageJob, owner: str, error_code: str, error_message: str, timings: dict) -> str:
+    """A model could not be loaded: retry with a long backoff (the claim counts), failed at the attempt limit."""
+    with transaction.atomic():
+        locked = job_lock_held(job=job, owner=owner)
+        if locked.attempts >= settings.TRIAGE_JOB_MAX_ATTEMPTS:
+            job_finish(
+                job=locked, owner=owner, state=JobState.FAILED, error_code=error_code, error_message=error_message,
+                timings=timings,
+            )  # fmt: skip
+            return JobState.FAILED
+        available_at = timezone.now() + timedelta(seconds=model_backoff_seconds(locked.attempts))
+        TriageJob.objects.filter(pk=job.pk).update(
+            state=JobState.QUEUED,
+            available_at=available_at,
+            lease_owner="",
+            lease_expires_at=None,
+            error_code=error_code,
+            error_message=error_message[:2000],
+            timings=timings,
+        )
+        job_enqueue_on_commit(job_id=job.pk, run_after=available_at)
+    return JobState.QUEUED
+
+
+@transaction.atomic
+def job_requeue_grown(*, job_id: int, instance_count: int) -> bool:
+    """A finished study that the PACS now holds more instances of (a series sent later): triage it again.
+
+    Conditional, so two pollers requeue it once. The job then waits for the study to settle like a new one, and
+    ``results_record`` supersedes the current results finding by finding.
+    """
+    from triage.services import audit_record
+
+    now = timezone.now()
+    available_at = now + timedelta(seconds=settings.TRIAGE_STUDY_SETTLE_SECONDS)
+    grown = TriageJob.objects.filter(pk=job_id, state__in=FINAL_JOB_STATES, instance_count__lt=instance_count)
+    previous = grown.values_list("instance_count", flat=True).first()
+    if previous is None or not grown.update(
+        state=JobState.QUEUED, attempts=0, pacs_failures=0, available_at=available_at,
+        instance_count=instance_count, instance_count_since=now, error_code="", error_message="", timings={},
+        started_at=None, finished_at=None, lease_owner="", lease_expires_at=None,
+    ):  # fmt: skip
+        return False
+    audit_record(
+        action="job.requeued",
+        obj=TriageJob(pk=job_id),
+        data={"reason": "instances_added", "instances_before": previous, "instances_now": instance_count},
+    )
+    job_enqueue_on_commit(job_id=job_id, run_after=available_at)
+    return True
 
 
 def job_enqueue_on_commit(*, job_id: int, run_after: datetime | None = None) -> None:

@@ -1,9 +1,19 @@
 """The stages of one triage job: discover and route series, retrieve, assemble, infer, record.
 
 One routed series at a time is retrieved, assembled, run and dropped, so a worker holds at most one volume.
+A study is triaged only once it has settled: PACSes receive studies instance by instance, and a study queued by
+the poller or the PACS hook half-way through would otherwise be routed and read incomplete. Each claim compares the
+study's instance count (QIDO-RS NumberOfStudyRelatedInstances) with the count the job saw last; until it has held
+for ``TRIAGE_STUDY_SETTLE_SECONDS`` the job goes back to the queue for the remaining time. A series that holds more
+(or fewer) instances when retrieved than when it was routed means the study changed in between: back to the queue.
+A study that grows after its job finished (a CTA sent after the head CT) is queued again by the poller.
+
 Outcomes:
 
 - a PACS failure (timeout, lost connection, 429, 5xx) puts the job back in the queue with backoff;
+- a study still arriving goes back to the queue until it has settled (no attempt is counted);
+- a model that cannot be loaded (weights missing, wrong hash, wrong architecture or shape) puts the job back in the
+  queue with a long backoff, as ``model_unavailable``, and fails it so after ``TRIAGE_JOB_MAX_ATTEMPTS``;
 - a series that cannot become a volume (``VolumeError``) is skipped with its reason; the job is ``rejected``
   with that code and message when no routed series could be used;
 - a study without a routable series is ``done`` with ``error_code="no_routable_series"`` and no results;
@@ -20,14 +30,24 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
-from triage.dicomweb import Pacs, PacsNotFound, PacsRequestRejected, SeriesTooLarge, json_value
+from triage.dicomweb import (
+    NUMBER_OF_SERIES_INSTANCES,
+    Pacs,
+    PacsNotFound,
+    PacsRequestRejected,
+    SeriesTooLarge,
+    json_int,
+    json_value,
+)
 from triage.exceptions import PacsError
 from triage.ingest import jobs
 from triage.ingest.tags import series_defaults, study_tags_apply
@@ -42,6 +62,36 @@ STUDY_NOT_FOUND_RETRIES = 3
 def worker_identity() -> str:
     """host:pid:random, unique per process, so a lease names the process that holds it."""
     return f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class StudyUnsettled(Exception):
+    """The study changed while the job was reading it: try again once it has settled."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ModelUnavailable(Exception):
+    """A finding's model cannot be loaded; the message names the finding and the problem, never the patient."""
+
+    code = "model_unavailable"
+
+    def __init__(self, finding: str, problem: str, detail: str) -> None:
+        self.message = (
+            f"The {finding} model cannot be loaded ({problem}): {detail} "
+            "The study is retried later; install or fix the weights in the model configuration."
+        )
+        super().__init__(self.message)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What the job saw of the study on the PACS: its instance count, since when, and how long is left to wait."""
+
+    instance_count: int | None
+    since: datetime
+    wait_seconds: float
 
 
 @dataclass
@@ -78,6 +128,13 @@ def job_process(*, job_id: int, owner: str | None = None) -> str | None:
         return jobs.job_retry_later(
             job=job, owner=owner, error_code=err.code, error_message=err.message, timings=timings
         )
+    except StudyUnsettled as err:
+        return _job_wait_after_change(job, owner, timings, err)
+    except ModelUnavailable as err:
+        logger.warning("job %s: %s", job_id, err.message)
+        return jobs.job_retry_model(
+            job=job, owner=owner, error_code=err.code, error_message=err.message, timings=timings
+        )
     except Exception as err:  # the worker's loop boundary: record, never crash, never log patient data
         logger.error("job %s failed with an unexpected %s", job_id, type(err).__name__)
         jobs.job_finish(
@@ -97,7 +154,14 @@ def _job_run(job: TriageJob, owner: str, timings: dict[str, float]) -> str:
         return _job_end(job, owner, timings, JobState.FAILED, "no_source", "No DICOMweb source is configured.")
     pacs = Pacs.for_source(study.source)
     with stage(timings, "discover"):
-        routed = study_discover(job=job, owner=owner, pacs=pacs)
+        found = pacs.search_series(study.study_instance_uid)
+        arrival = study_arrival(job=job, pacs=pacs, found=found) if _has_ct(found) else None
+    if arrival is not None and arrival.wait_seconds > 0:
+        return _job_wait_to_settle(job, owner, timings, arrival)
+    if arrival is not None:
+        jobs.job_settle_note(job=job, owner=owner, instance_count=arrival.instance_count, since=arrival.since)
+    with stage(timings, "discover"):
+        routed = study_discover(job=job, owner=owner, pacs=pacs, found=found)
     if routed is None:
         return _job_not_found(job, owner, timings)
     outcome = Outcome(routed=len(routed), checked=Series.objects.filter(study=study).count())
@@ -106,10 +170,59 @@ def _job_run(job: TriageJob, owner: str, timings: dict[str, float]) -> str:
     return _job_conclude(job, owner, timings, outcome)
 
 
-def study_discover(*, job: TriageJob, owner: str, pacs: Pacs) -> list[Series] | None:
-    """QIDO the study's CT series, read one instance's metadata each, store tags and routing. None: not on PACS."""
+def study_arrival(*, job: TriageJob, pacs: Pacs, found: list[dict]) -> Arrival:
+    """How long the study's instance count has held, and how long is left until it counts as settled.
+
+    The study-level count is what the poller sees too (it re-queues a finished study that grows); the sum over the
+    series query stands in for PACSes that do not report it.
+    """
+    count = pacs.study_instance_count(job.study.study_instance_uid)
+    if count is None:
+        counts = [json_int(item, NUMBER_OF_SERIES_INSTANCES) for item in found]
+        count = None if None in counts else sum(counts)
+    now = timezone.now()
+    since = job.instance_count_since
+    if since is None or count != job.instance_count:
+        since = now
+    wait = settings.TRIAGE_STUDY_SETTLE_SECONDS - (now - since).total_seconds()
+    return Arrival(instance_count=count, since=since, wait_seconds=max(0.0, wait))
+
+
+def _job_wait_to_settle(job: TriageJob, owner: str, timings: dict[str, float], arrival: Arrival) -> str:
+    settle = settings.TRIAGE_STUDY_SETTLE_SECONDS
+    message = (
+        f"Waiting for the study to finish arriving: {arrival.instance_count} instance(s), "
+        f"unchanged for {settle - arrival.wait_seconds:.0f} of {settle:.0f} s."
+    )
+    return jobs.job_wait_to_settle(
+        job=job, owner=owner, instance_count=arrival.instance_count, since=arrival.since,
+        available_at=timezone.now() + timedelta(seconds=arrival.wait_seconds), message=message, timings=timings,
+    )  # fmt: skip
+
+
+def _job_wait_after_change(job: TriageJob, owner: str, timings: dict[str, float], err: StudyUnsettled) -> str:
+    """The count is unknown again, so the next claim starts the settle time afresh. The claim counts as an
+    attempt: a PACS whose counts never match what it serves cannot hold a job in the queue for ever."""
+    now = timezone.now()
+    logger.info("job %s: the study changed while it was read; waiting for it to settle", job.pk)
+    return jobs.job_wait_to_settle(
+        job=job, owner=owner, instance_count=None, since=now,
+        available_at=now + timedelta(seconds=settings.TRIAGE_STUDY_SETTLE_SECONDS),
+        message=f"{err.message} Waiting for the study to settle.", timings=timings, refund=False,
+    )  # fmt: skip
+
+
+def _has_ct(found: list[dict]) -> bool:
+    return any(_modality(item) == "CT" for item in found)
+
+
+def study_discover(*, job: TriageJob, owner: str, pacs: Pacs, found: list[dict] | None = None) -> list[Series] | None:
+    """Read one instance's metadata of each CT series (from ``found``, the series query, else QIDO now), store tags
+    and routing. None: the study is not on the PACS."""
     study = job.study
-    found = [s for s in pacs.search_series(study.study_instance_uid) if _modality(s) == "CT"]
+    if found is None:
+        found = pacs.search_series(study.study_instance_uid)
+    found = [s for s in found if _modality(s) == "CT"]
     rows: list[Series] = []
     first_instance: dict | None = None
     for item in found:
@@ -178,8 +291,12 @@ def _better(candidate: Series, best: Series) -> bool:
     return mine > theirs if candidate.routed_model == "ich" else mine < theirs
 
 
-def series_volume(*, pacs: Pacs, series: Series, instance: dict | None = None) -> Any:
-    """Retrieve one series in its stored transfer syntax and assemble its HU volume, within the size limits."""
+def series_volume(*, pacs: Pacs, series: Series, instance: dict | None = None, last_try: bool = True) -> Any:
+    """Retrieve one series in its stored transfer syntax and assemble its HU volume, within the size limits.
+
+    A series that holds another number of instances than it did when routed is still changing: StudyUnsettled,
+    unless this is the job's ``last_try``, when what was retrieved is read as it is.
+    """
     from inference.dicom import VolumeError, assemble_volume, check_series_size
 
     max_bytes, max_instances = settings.TRIAGE_MAX_SERIES_BYTES, settings.TRIAGE_MAX_SERIES_INSTANCES
@@ -199,6 +316,10 @@ def series_volume(*, pacs: Pacs, series: Series, instance: dict | None = None) -
         )
     except SeriesTooLarge as err:
         raise VolumeError("series_too_large", err.message) from None
+    if series.instance_count and len(datasets) != series.instance_count and not last_try:
+        raise StudyUnsettled(
+            f"A series held {series.instance_count} instances when routed and {len(datasets)} when retrieved."
+        )
     return assemble_volume(datasets, max_bytes=max_bytes, max_instances=max_instances)
 
 
@@ -219,7 +340,12 @@ def series_triage(
     jobs.job_lease_renew(job=job, owner=owner, state=JobState.FETCHING)
     try:
         with stage(timings, "fetch"):
-            volume = series_volume(pacs=pacs, series=series, instance=getattr(series, "_instance", None))
+            volume = series_volume(
+                pacs=pacs,
+                series=series,
+                instance=getattr(series, "_instance", None),
+                last_try=job.attempts >= settings.TRIAGE_JOB_MAX_ATTEMPTS,
+            )
     except VolumeError as err:
         outcome.rejections.append((series, err.code, err.message))
         return
@@ -244,11 +370,10 @@ def series_infer(*, study: Study, finding: str, volume: Any) -> Any:
     config = model_config_for(finding=finding)
     if config is not None and not config.enabled:
         return None
-    runner = runner_get(
+    runner = runner_load(
         finding=finding,
         weights=weights_path(finding=finding, configured=config.weights_path if config else ""),
         sha256=(config.weights_sha256 or None) if config else None,
-        device=settings.TRIAGE_DEVICE,
     )
     output = runner.run(volume.hu, volume.spacing_mm)
     threshold = threshold_for(finding=finding, source=study.source)
@@ -274,6 +399,19 @@ def weights_path(*, finding: str, configured: str) -> str | None:
 
         return str(Path(model_dir) / shipped_weights(finding).name)
     return None
+
+
+def runner_load(*, finding: str, weights: str | None, sha256: str | None) -> Any:
+    """The finding's runner; a model that cannot be loaded is ModelUnavailable (and is tried again next time)."""
+    from inference.loader import ModelLoadError
+    from inference.runner import DeviceUnavailable
+
+    try:
+        return runner_get(finding=finding, weights=weights, sha256=sha256, device=settings.TRIAGE_DEVICE)
+    except ModelLoadError as err:
+        raise ModelUnavailable(finding, err.code, err.message) from err
+    except DeviceUnavailable as err:
+        raise ModelUnavailable(finding, err.code, str(err)) from err
 
 
 @lru_cache(maxsize=8)

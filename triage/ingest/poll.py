@@ -15,7 +15,9 @@ when it was acquired, not when it reached the PACS. The cursor in ``DicomWebSour
   empty page after a full one is probed both ways and the answer remembered.
 
 Every study found is deduplicated against the Study table (its UID is unique), so rescanning costs requests, not
-duplicate jobs; known UIDs are skipped with one query per page.
+duplicate jobs; known UIDs are skipped with one query per page. A known study whose job has finished is queued again
+when the PACS now reports more instances for it (NumberOfStudyRelatedInstances) than the job last saw: a series
+sent later, such as a CTA after the head CT, is triaged too, and the new results supersede the old per finding.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.utils import timezone
 
-from triage.dicomweb import Pacs, json_value
+from triage.dicomweb import NUMBER_OF_STUDY_INSTANCES, Pacs, json_int, json_value
 from triage.exceptions import TriageError
-from triage.models import DicomWebSource, Study
+from triage.models import FINAL_JOB_STATES, DicomWebSource, Study, TriageJob
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ DATE_FORMAT = "%Y%m%d"
 class PollReport:
     seen: int = 0
     queued: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
     pages: int = 0
     error: str = ""
 
@@ -63,7 +66,9 @@ class Pager:
 
     def _fetch(self, filters: dict, offset: int, *, legacy: bool) -> list[dict]:
         limit = offset + self.page_size if legacy else self.page_size
-        return self.pacs.search_studies(filters=filters, limit=limit, offset=offset)[: self.page_size]
+        return self.pacs.search_studies(
+            filters=filters, limit=limit, offset=offset, fields=["NumberOfStudyRelatedInstances"]
+        )[: self.page_size]
 
 
 def _today() -> dt.date:
@@ -81,9 +86,10 @@ def _uids(items: list[dict]) -> list[str]:
     return [uid for uid in (json_value(item, STUDY_UID) for item in items) if uid]
 
 
-def _queue_new(source: DicomWebSource, uids: list[str], report: PollReport) -> None:
+def _queue_new(source: DicomWebSource, items: list[dict], report: PollReport) -> None:
     from triage.services import study_request_triage
 
+    uids = _uids(items)
     known = set(Study.objects.filter(study_instance_uid__in=uids).values_list("study_instance_uid", flat=True))
     for uid in uids:
         if uid in known or len(uid) > 64:
@@ -91,6 +97,22 @@ def _queue_new(source: DicomWebSource, uids: list[str], report: PollReport) -> N
         study_request_triage(study_instance_uid=uid, source_name=source.name)
         known.add(uid)
         report.queued.append(uid)
+    _requeue_grown(items, report)
+
+
+def _requeue_grown(items: list[dict], report: PollReport) -> None:
+    """Queue again the finished studies that the PACS now holds more instances of than their job saw."""
+    from triage.ingest.jobs import job_requeue_grown
+
+    counts = {json_value(item, STUDY_UID): json_int(item, NUMBER_OF_STUDY_INSTANCES) for item in items}
+    counts = {uid: count for uid, count in counts.items() if uid and count}
+    finished = TriageJob.objects.filter(
+        study__study_instance_uid__in=list(counts), state__in=FINAL_JOB_STATES, instance_count__isnull=False
+    ).values_list("pk", "study__study_instance_uid", "instance_count")
+    for job_id, uid, seen in finished:
+        if counts[uid] > seen and job_requeue_grown(job_id=job_id, instance_count=counts[uid]):
+            logger.info("job %s queued again: the study grew from %d to %d instances", job_id, seen, counts[uid])
+            report.requeued.append(uid)
 
 
 def _scan_all(pager: Pager, source: DicomWebSource, filters: dict, report: PollReport) -> None:
@@ -99,7 +121,7 @@ def _scan_all(pager: Pager, source: DicomWebSource, filters: dict, report: PollR
         items = pager.page(filters, offset, previous_full=previous_full)
         report.pages += 1
         report.seen += len(items)
-        _queue_new(source, _uids(items), report)
+        _queue_new(source, items, report)
         if len(items) < pager.page_size:
             return
         offset += len(items)
@@ -111,7 +133,7 @@ def _sweep_page(pager: Pager, source: DicomWebSource, filters: dict, offset: int
     items = pager.page(filters, offset, previous_full=offset > 0)
     report.pages += 1
     report.seen += len(items)
-    _queue_new(source, _uids(items), report)
+    _queue_new(source, items, report)
     return offset + len(items) if len(items) == pager.page_size else 0
 
 
