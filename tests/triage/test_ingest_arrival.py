@@ -227,3 +227,33 @@ def test_model_unavailable_fails_after_the_attempt_limit_and_the_worker_goes_on(
 
     assert states == [JobState.QUEUED, JobState.FAILED, JobState.DONE]
     assert jobs[0].error_code == "model_unavailable"
+
+
+def test_a_missing_lvo_model_does_not_hold_back_the_bleed_result(
+    orthanc,
+    pacs_source,  # noqa: F811
+    no_settle,  # noqa: F811
+    fake_models,  # noqa: F811
+    monkeypatch,
+    tmp_path,
+):
+    from triage.ingest import pipeline
+
+    fake = pipeline.runner_get
+    monkeypatch.setattr(
+        pipeline,
+        "runner_get",
+        lambda *, finding, **kw: (runner_get if finding == "lvo" else fake)(finding=finding, **kw),
+    )
+    ModelConfig.objects.create(
+        finding="lvo", name="lvo3d", version="1", weights_path=str(tmp_path / "no.pt"), threshold=0.5
+    )
+    spec = upload_study(orthanc, StudySpec(series=[SeriesSpec(), CTA]))
+    job = study_request_triage(study_instance_uid=spec.study_uid, source_name="pacs")
+
+    job = run(job)
+
+    assert (job.state, job.error_code) == (JobState.QUEUED, "model_unavailable")
+    assert "The lvo model cannot be loaded" in job.error_message
+    assert list(TriageResult.objects.filter(is_current=True).values_list("finding", flat=True)) == ["ich"]
+    assert fake_models.calls == [("ich", (12, 32, 32))]

@@ -98,6 +98,7 @@ class Arrival:
 class Outcome:
     outputs: list[tuple[Series, Any, bytes | None]] = field(default_factory=list)
     rejections: list[tuple[Series, str, str]] = field(default_factory=list)
+    unavailable: list[ModelUnavailable] = field(default_factory=list)
     routed: int = 0
     checked: int = 0
     notes: list[str] = field(default_factory=list)
@@ -130,11 +131,6 @@ def job_process(*, job_id: int, owner: str | None = None) -> str | None:
         )
     except StudyUnsettled as err:
         return _job_wait_after_change(job, owner, timings, err)
-    except ModelUnavailable as err:
-        logger.warning("job %s: %s", job_id, err.message)
-        return jobs.job_retry_model(
-            job=job, owner=owner, error_code=err.code, error_message=err.message, timings=timings
-        )
     except Exception as err:  # the worker's loop boundary: record, never crash, never log patient data
         logger.error("job %s failed with an unexpected %s", job_id, type(err).__name__)
         jobs.job_finish(
@@ -334,10 +330,22 @@ def _int_tag(item: dict, tag: str) -> int | None:
 def series_triage(
     *, job: TriageJob, owner: str, pacs: Pacs, series: Series, outcome: Outcome, timings: dict[str, float]
 ) -> None:
-    """Retrieve, assemble and run one routed series; a bad series is recorded as rejected and skipped."""
+    """Retrieve, assemble and run one routed series; a bad series is recorded as rejected and skipped.
+
+    The model is loaded first, so a disabled or unavailable model costs no retrieval.
+    """
     from inference.dicom import VolumeError
 
     jobs.job_lease_renew(job=job, owner=owner, state=JobState.FETCHING)
+    try:
+        with stage(timings, "model"):
+            runner = series_runner(finding=series.routed_model)
+    except ModelUnavailable as err:
+        outcome.unavailable.append(err)
+        return
+    if runner is None:
+        outcome.notes.append(f"The {series.routed_model} model is disabled.")
+        return
     try:
         with stage(timings, "fetch"):
             volume = series_volume(
@@ -354,29 +362,32 @@ def series_triage(
         return
     jobs.job_lease_renew(job=job, owner=owner, state=JobState.INFERRING)
     with stage(timings, "infer"):
-        output = series_infer(study=job.study, finding=series.routed_model, volume=volume)
-    if output is None:
-        outcome.notes.append(f"The {series.routed_model} model is disabled.")
-        return
+        output = series_infer(study=job.study, runner=runner, volume=volume)
     with stage(timings, "key_image"):
         png = key_image(volume=volume, output=output)
     outcome.outputs.append((series, output, png))
 
 
-def series_infer(*, study: Study, finding: str, volume: Any) -> Any:
-    """Run the finding's model; the threshold in force for the study's source decides ``positive``."""
-    from triage.selectors import model_config_for, threshold_for
+def series_runner(*, finding: str) -> Any:
+    """The finding's loaded model as configured; None when an admin disabled it. Raises ModelUnavailable."""
+    from triage.selectors import model_config_for
 
     config = model_config_for(finding=finding)
     if config is not None and not config.enabled:
         return None
-    runner = runner_load(
+    return runner_load(
         finding=finding,
         weights=weights_path(finding=finding, configured=config.weights_path if config else ""),
         sha256=(config.weights_sha256 or None) if config else None,
     )
+
+
+def series_infer(*, study: Study, runner: Any, volume: Any) -> Any:
+    """Run the model; the threshold in force for the study's source decides ``positive``."""
+    from triage.selectors import threshold_for
+
     output = runner.run(volume.hu, volume.spacing_mm)
-    threshold = threshold_for(finding=finding, source=study.source)
+    threshold = threshold_for(finding=runner.finding, source=study.source)
     if threshold is None:
         threshold = runner.threshold
     return replace(output, threshold=threshold, positive=bool(output.score >= threshold))
@@ -433,12 +444,33 @@ def _job_conclude(job: TriageJob, owner: str, timings: dict[str, float], outcome
     if outcome.routed == 0:
         message = f"No series matched a routing rule ({outcome.checked} CT series checked)."
         return _job_end(job, owner, timings, JobState.DONE, "no_routable_series", message, record=[])
+    if outcome.unavailable:
+        return _job_retry_models(job, owner, timings, outcome)
     if not outcome.outputs and outcome.rejections:
         _, code, message = outcome.rejections[0]
         return _job_end(job, owner, timings, JobState.REJECTED, code, message, record=[])
     notes = [f"{s.routed_model}: {code}: {message}" for s, code, message in outcome.rejections] + outcome.notes
     code = outcome.rejections[0][1] if outcome.rejections else ""
     return _job_end(job, owner, timings, JobState.DONE, code, " ".join(notes), record=outcome.outputs)
+
+
+def _job_retry_models(job: TriageJob, owner: str, timings: dict[str, float], outcome: Outcome) -> str:
+    """Some model could not be loaded. The findings that could be run are recorded now (a missing LVO model must
+    not hold back a bleed), and the job is retried later for the rest; at the attempt limit it ends as it stands."""
+    from triage.services import results_record
+
+    err = outcome.unavailable[0]
+    message = " ".join(e.message for e in outcome.unavailable)
+    logger.warning("job %s: %s", job.pk, message)
+    if job.attempts >= settings.TRIAGE_JOB_MAX_ATTEMPTS:
+        state = JobState.DONE if outcome.outputs else JobState.FAILED
+        return _job_end(job, owner, timings, state, err.code, message, record=outcome.outputs)
+    with transaction.atomic():
+        jobs.job_lock_held(job=job, owner=owner)
+        if outcome.outputs:
+            with stage(timings, "record"):
+                results_record(job=job, outputs=outcome.outputs)
+        return jobs.job_retry_model(job=job, owner=owner, error_code=err.code, error_message=message, timings=timings)
 
 
 def _job_end(
