@@ -12,8 +12,9 @@ Outcomes:
 
 - a PACS failure (timeout, lost connection, 429, 5xx) puts the job back in the queue with backoff;
 - a study still arriving goes back to the queue until it has settled (no attempt is counted);
-- a model that cannot be loaded (weights missing, wrong hash, wrong architecture or shape) puts the job back in the
-  queue with a long backoff, as ``model_unavailable``, and fails it so after ``TRIAGE_JOB_MAX_ATTEMPTS``;
+- a model that cannot be loaded (weights missing, wrong hash, wrong architecture or shape, device absent) puts the
+  job back in the queue with a long backoff as ``model_unavailable``, after recording the findings whose models did
+  run; after ``TRIAGE_JOB_MAX_ATTEMPTS`` it ends ``failed`` (``done`` if some finding was recorded);
 - a series that cannot become a volume (``VolumeError``) is skipped with its reason; the job is ``rejected``
   with that code and message when no routed series could be used;
 - a study without a routable series is ``done`` with ``error_code="no_routable_series"`` and no results;
@@ -79,7 +80,7 @@ class ModelUnavailable(Exception):
 
     def __init__(self, finding: str, problem: str, detail: str) -> None:
         self.message = (
-            f"The {finding} model cannot be loaded ({problem}): {detail} "
+            f"The {finding} model cannot be loaded ({problem}): {detail.rstrip('. ')}. "
             "The study is retried later; install or fix the weights in the model configuration."
         )
         super().__init__(self.message)
