@@ -279,6 +279,18 @@ class GroundTruthAdmin(AuditedModelAdmin):
 class TriageJobAdmin(admin.ModelAdmin):
     list_display = ("id", "study", "state", "attempts", "error_code", "created_at", "finished_at")
     list_filter = ("state", "error_code")
+    readonly_fields = [f.name for f in models.TriageJob._meta.fields]
+    actions = ["retry"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Triage again (failed or rejected jobs)")
+    def retry(self, request: HttpRequest, queryset: Any) -> None:
+        from triage.ingest.jobs import job_retry_by_admin
+
+        done = sum(job_retry_by_admin(job_id=job.pk, actor=request.user) for job in queryset)
+        self.message_user(request, f"{done} queued again; {queryset.count() - done} skipped (not failed or rejected).")
 
 
 @admin.register(models.TriageResult)

@@ -28,7 +28,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from triage.models import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobState, TriageJob
+from triage.models import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobState, TriageJob, User
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +236,29 @@ def job_requeue_grown(*, job_id: int, instance_count: int) -> bool:
         data={"reason": "instances_added", "instances_before": previous, "instances_now": instance_count},
     )
     job_enqueue_on_commit(job_id=job_id, run_after=available_at)
+    return True
+
+
+@transaction.atomic
+def job_retry_by_admin(*, job_id: int, actor: User) -> bool:
+    """An admin asks for a failed or rejected study to be triaged again (after fixing weights, rules or the PACS)."""
+    from triage.services import audit_record
+
+    now = timezone.now()
+    retried = TriageJob.objects.filter(pk=job_id, state__in=(JobState.FAILED, JobState.REJECTED))
+    previous = retried.values_list("state", "error_code").first()
+    if previous is None or not retried.update(
+        state=JobState.QUEUED, attempts=0, pacs_failures=0, available_at=now, error_code="", error_message="",
+        started_at=None, finished_at=None, lease_owner="", lease_expires_at=None,
+    ):  # fmt: skip
+        return False
+    audit_record(
+        action="job.retried",
+        actor=actor,
+        obj=TriageJob(pk=job_id),
+        data={"state_before": previous[0], "error_code_before": previous[1]},
+    )
+    job_enqueue_on_commit(job_id=job_id)
     return True
 
 
