@@ -153,24 +153,24 @@ def format_table(finding: str, model: str, r: dict[str, Any]) -> str:
     lines = [
         f"{finding} · {model} · seed {r['seed']} · family {r['family']} · "
         f"{r['count']} phantoms ({r['positives']} positive)",
-        f"{'metric':<34} {'estimate [95% CI]':>26}",
-        f"{'AUC (bootstrap)':<34} {iv(r['auc']):>26}",
-        f"{'AUC (DeLong)':<34} {iv(r['auc_delong']):>26}",
-        f"{'sensitivity @ ' + format(r['threshold'], '.4f'):<34} {iv(op['sensitivity']):>26}",
-        f"{'specificity @ ' + format(r['threshold'], '.4f'):<34} {iv(op['specificity']):>26}",
-        f"{'PPV (this sample)':<34} {iv(op['ppv']):>26}",
+        f"{'metric':<40} {'estimate [95% CI]':>26}",
+        f"{'AUC (bootstrap)':<40} {iv(r['auc']):>26}",
+        f"{'AUC (DeLong)':<40} {iv(r['auc_delong']):>26}",
+        f"{'sensitivity @ ' + format(r['threshold'], '.4f'):<40} {iv(op['sensitivity']):>26}",
+        f"{'specificity @ ' + format(r['threshold'], '.4f'):<40} {iv(op['specificity']):>26}",
+        f"{'PPV (this sample)':<40} {iv(op['ppv']):>26}",
     ]
     for name, sub in r["subtypes"].items():
-        lines.append(f"{'AUC ' + name + ' (n+=' + str(sub['positives']) + ')':<34} {iv(sub['auc']):>26}")
+        lines.append(f"{'AUC ' + name + ' (n+=' + str(sub['positives']) + ')':<40} {iv(sub['auc']):>26}")
     for name, hn in r["hard_negatives"].items():
         label = f"FP rate {name} (n={hn['count']})"
-        lines.append(f"{label:<34} {iv(hn['false_positive_rate']):>26}")
+        lines.append(f"{label:<40} {iv(hn['false_positive_rate']):>26}")
     for key, label in (("key_slice_in_lesion", "key slice in lesion"), ("side_accuracy", "side correct")):
         if key in r:
-            lines.append(f"{label:<34} {iv(r[key]):>26}")
+            lines.append(f"{label:<40} {iv(r[key]):>26}")
     cal = r["calibration"]
-    lines.append(f"{'calibration ECE / Brier':<34} {cal['ece']:>12.3f} / {cal['brier']:.3f}")
-    lines.append(f"{'seconds per study (runner)':<34} {r['seconds_per_study']:>26.3f}")
+    lines.append(f"{'calibration ECE / Brier':<40} {cal['ece']:>12.3f} / {cal['brier']:.3f}")
+    lines.append(f"{'seconds per study (runner)':<40} {r['seconds_per_study']:>26.3f}")
     return "\n".join(lines)
 
 

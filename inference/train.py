@@ -133,6 +133,19 @@ def build_cache(dataset: PhantomDataset, workers: int, desc: str) -> list[dict[s
     return list(tqdm(loader, total=len(dataset), desc=desc, unit="phantom", leave=False))
 
 
+def cached(cfg: RunConfig, dataset: PhantomDataset, split: str) -> list[dict[str, Any]]:
+    """Samples from ``--cache`` when an earlier run with the same finding, seed, count and family saved them."""
+    if cfg.cache is None:
+        return build_cache(dataset, cfg.workers, split)
+    path = cfg.cache / f"{cfg.finding}-{split}-seed{cfg.seed}-n{dataset.count}-{cfg.family}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=False)  # noqa: S614 - a file this command wrote itself
+    samples = build_cache(dataset, cfg.workers, split)
+    cfg.cache.mkdir(parents=True, exist_ok=True)
+    torch.save(samples, path)
+    return samples
+
+
 # --- batches ----------------------------------------------------------------------------------------------------
 
 
@@ -298,6 +311,7 @@ class RunConfig:
     target_sensitivity: float
     family: str
     budget_s: float | None = None
+    cache: Path | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -313,10 +327,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     arch = DEFAULT_ARCHITECTURE[cfg.finding]
     started = time.time()
-    train = build_cache(PhantomDataset(cfg.finding, cfg.seed, cfg.train_count, family=cfg.family), cfg.workers, "train")
-    val = build_cache(
-        PhantomDataset(cfg.finding, cfg.seed, cfg.val_count, validation=True, family=cfg.family), cfg.workers, "val"
-    )
+    train = cached(cfg, PhantomDataset(cfg.finding, cfg.seed, cfg.train_count, family=cfg.family), "train")
+    val = cached(cfg, PhantomDataset(cfg.finding, cfg.seed, cfg.val_count, validation=True, family=cfg.family), "val")
     generation_s = time.time() - started
     model = build_network(arch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
@@ -438,16 +450,17 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--batch-size", type=int, default=None, help="default: 12 (ich crops) or 8 (lvo)")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes generating phantoms")
     p.add_argument("--target-sensitivity", type=float, default=0.95)
     p.add_argument("--family", default="A", help="phantom generator family used for training")
     p.add_argument("--time-budget-min", type=float, default=None, help="stop training after this many minutes")
+    p.add_argument("--cache", type=Path, default=None, help="keep generated samples here for later runs")
     a = p.parse_args(argv)
     batch = a.batch_size or (12 if a.finding == "ich" else 8)
     return RunConfig(
         a.finding, a.train_count, a.val_count, a.seed, a.epochs, a.out, batch, a.lr, a.workers,
-        a.target_sensitivity, a.family, a.time_budget_min * 60 if a.time_budget_min else None,
+        a.target_sensitivity, a.family, a.time_budget_min * 60 if a.time_budget_min else None, a.cache,
     )  # fmt: skip
 
 

@@ -102,3 +102,21 @@ def test_model_card_hash_pins_the_weights(tmp_path: Path):
     weights.write_bytes(weights.read_bytes() + b"\0")
     with pytest.raises(loader.WeightsHashMismatch):
         loader.load_model(weights, finding="ich")
+
+
+def test_evaluation_summary_reports_subtypes_and_hard_negatives():
+    from inference.evaluate import summarise
+
+    rows = [
+        {"label": 1, "subtype": "sdh", "side": None, "hard_negative": None, "score": 0.9, "side_pred": None},
+        {"label": 1, "subtype": "sah", "side": None, "hard_negative": None, "score": 0.4, "side_pred": None},
+        {"label": 0, "subtype": None, "side": None, "hard_negative": "dense_falx", "score": 0.6, "side_pred": None},
+        {"label": 0, "subtype": None, "side": None, "hard_negative": None, "score": 0.1, "side_pred": None},
+    ]
+    for r in rows:
+        r.update(key_slice_hit=None, seconds=0.1)
+    result = summarise(rows, 0.5, seed=3, family="B", n_boot=50)
+    assert result["subtypes"]["sdh"]["auc"]["estimate"] == 1.0
+    assert result["subtypes"]["sah"]["auc"]["estimate"] == 0.5
+    assert result["hard_negatives"]["dense_falx"]["false_positive_rate"]["estimate"] == 1.0
+    assert result["operating_point"]["sensitivity"]["estimate"] == 0.5
