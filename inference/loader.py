@@ -12,7 +12,6 @@ expecting other channels or dimensions fails at load time with a clear error, no
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import pickle
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from inference.modelcard import sha256_file
 from inference.networks import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_network
 
 logger = logging.getLogger(__name__)
@@ -75,14 +75,6 @@ class LoadedModel:
     sha256: str
     path: Path
     card: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def shipped_weights(finding: str) -> Path:

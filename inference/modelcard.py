@@ -6,11 +6,20 @@ Written beside the weights as ``<stem>.card.json`` (read by the loader: architec
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from inference.loader import sha256_file
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a weights file, read in 1 MiB blocks (weights pin models; no torch needed to check them)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 CARD_VERSION = "1.0.0"
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -13,6 +12,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models as db_models
 from django.http import HttpRequest, HttpResponse
 
+from inference.modelcard import sha256_file
 from triage import models, services
 
 # Values of these fields never reach the audit trail; only the fact that they changed does.
@@ -186,14 +186,6 @@ class StudyAdmin(admin.ModelAdmin):
 @admin.register(models.RoutingRule)
 class RoutingRuleAdmin(AuditedModelAdmin):
     list_display = ("name", "model", "order", "enabled", "modality", "contrast")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ModelConfigForm(forms.ModelForm):
