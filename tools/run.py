@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS_DIR = ROOT / "triage" / "management" / "commands"
 WORKLIST_COMMANDS_DIR = ROOT / "worklist" / "management" / "commands"
+DAPHNE_APP = "triage.asgi:application"
 
 
 def _manage(*args: str) -> list[str]:
@@ -28,7 +29,8 @@ def _has_command(name: str) -> bool:
 
 def process_table(port: int, *, workers: int = 1) -> dict[str, list[str]]:
     table = {
-        "web": [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "triage.asgi:application"],
+        # Verbosity 0: no access log, since request paths carry StudyInstanceUIDs.
+        "web": [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port), DAPHNE_APP],
     }
     for index in range(workers):
         worker_id = f"worker-{os.getpid()}-{index + 1}"
