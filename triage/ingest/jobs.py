@@ -126,20 +126,29 @@ def job_retry_later(*, job: TriageJob, owner: str, error_code: str, error_messag
                 timings=timings,
             )  # fmt: skip
             return JobState.FAILED
-        available_at = timezone.now() + timedelta(seconds=pacs_backoff_seconds(failures))
-        TriageJob.objects.filter(pk=job.pk).update(
-            state=JobState.QUEUED,
-            pacs_failures=failures,
-            attempts=F("attempts") - 1,
-            available_at=available_at,
-            lease_owner="",
-            lease_expires_at=None,
-            error_code=error_code,
-            error_message=error_message[:2000],
-            timings=timings,
-        )
-        job_enqueue_on_commit(job_id=job.pk, run_after=available_at)
+        _requeue_after(
+            job=job, seconds=pacs_backoff_seconds(failures), error_code=error_code, error_message=error_message,
+            timings=timings, pacs_failures=failures, attempts=F("attempts") - 1,
+        )  # fmt: skip
     return JobState.QUEUED
+
+
+def _requeue_after(
+    *, job: TriageJob, seconds: float, error_code: str, error_message: str, timings: dict, **fields: object
+) -> None:
+    """Release the lease and queue the job again after ``seconds``; the caller holds the job's row lock."""
+    available_at = timezone.now() + timedelta(seconds=seconds)
+    TriageJob.objects.filter(pk=job.pk).update(
+        state=JobState.QUEUED,
+        available_at=available_at,
+        lease_owner="",
+        lease_expires_at=None,
+        error_code=error_code,
+        error_message=error_message[:2000],
+        timings=timings,
+        **fields,
+    )
+    job_enqueue_on_commit(job_id=job.pk, run_after=available_at)
 
 
 def job_settle_note(*, job: TriageJob, owner: str, instance_count: int | None, since: datetime) -> None:
@@ -197,17 +206,10 @@ def job_retry_model(*, job: TriageJob, owner: str, error_code: str, error_messag
                 timings=timings,
             )  # fmt: skip
             return JobState.FAILED
-        available_at = timezone.now() + timedelta(seconds=model_backoff_seconds(locked.attempts))
-        TriageJob.objects.filter(pk=job.pk).update(
-            state=JobState.QUEUED,
-            available_at=available_at,
-            lease_owner="",
-            lease_expires_at=None,
-            error_code=error_code,
-            error_message=error_message[:2000],
-            timings=timings,
-        )
-        job_enqueue_on_commit(job_id=job.pk, run_after=available_at)
+        _requeue_after(
+            job=job, seconds=model_backoff_seconds(locked.attempts), error_code=error_code,
+            error_message=error_message, timings=timings,
+        )  # fmt: skip
     return JobState.QUEUED
 
 
