@@ -30,5 +30,14 @@ class WorklistConsumer(AsyncJsonWebsocketConsumer):
         if isinstance(content, dict) and content.get("type") == "ping":
             await self.send_json({"type": "pong"})
 
+    async def dispatch(self, message: dict) -> None:
+        if message["type"] == events.EVENT_TYPE:
+            # Relaying an event that is already encoded touches no database, so the per-message connection
+            # clean-up of AsyncConsumer.dispatch is skipped: it hops through the one thread that runs sync code,
+            # which would queue the fan-out to every socket behind it (about half a millisecond each).
+            await self.worklist_event(message)
+            return
+        await super().dispatch(message)
+
     async def worklist_event(self, event: dict) -> None:
         await self.send(text_data=event["text"])

@@ -87,3 +87,28 @@ async def test_ping_gets_pong():
     pong = await communicator.receive_json_from(timeout=5)
     await communicator.disconnect()
     assert pong == {"type": "pong"}
+
+
+async def test_event_relay_skips_the_per_message_database_cleanup(monkeypatch):
+    """Each relayed event would otherwise wait its turn in the single sync thread, one socket after another."""
+    import channels.consumer
+    from channels.layers import get_channel_layer
+
+    from worklist import events
+
+    calls = []
+
+    async def counting_cleanup():
+        calls.append(1)
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counting_cleanup)
+    communicator = await connected()
+    await communicator.receive_json_from(timeout=5)
+    calls.clear()
+    await get_channel_layer().group_send(events.WORKLIST_GROUP, {"type": events.EVENT_TYPE, "text": '{"seq": 7}'})
+    relayed = await communicator.receive_json_from(timeout=5)
+    during_relay = len(calls)
+    await communicator.send_json_to({"type": "ping"})  # other messages still clean up first
+    pong = await communicator.receive_json_from(timeout=5)
+    await communicator.disconnect()
+    assert (relayed, during_relay, pong, len(calls) >= 1) == ({"seq": 7}, 0, {"type": "pong"}, True)
