@@ -9,6 +9,7 @@ from rest_framework import serializers
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from triage.models import Finding
@@ -24,8 +25,17 @@ def _item_response(item: WorklistItem) -> Response:
 
 
 class WorklistPagination(LimitOffsetPagination):
+    """Limit/offset links from whether another page follows, since ``count`` stops counting at a bound."""
+
     default_limit = 50
     max_limit = 500
+    has_more = False
+
+    def get_next_link(self) -> str | None:
+        if not self.has_more:
+            return None
+        url = replace_query_param(self.request.build_absolute_uri(), self.limit_query_param, self.limit)
+        return replace_query_param(url, self.offset_query_param, self.offset + self.limit)
 
 
 class WorklistApi(APIView):
@@ -47,7 +57,11 @@ class WorklistApi(APIView):
             200: inline_serializer(
                 "WorklistPage",
                 {
-                    "count": serializers.IntegerField(),
+                    "count": serializers.IntegerField(
+                        help_text=f"Items matching the filters; exact up to {selectors.COUNT_EXACT_UP_TO:,}, "
+                        "a lower bound beyond (see count_exact)"
+                    ),
+                    "count_exact": serializers.BooleanField(),
                     "next": serializers.CharField(allow_null=True),
                     "previous": serializers.CharField(allow_null=True),
                     "seq": serializers.IntegerField(),
@@ -73,13 +87,13 @@ class WorklistApi(APIView):
         paginator = WorklistPagination()
         paginator.request, paginator.limit = request, paginator.get_limit(request)
         paginator.offset = paginator.get_offset(request)
-        paginator.count, page = selectors.worklist_page(
-            items=items, offset=paginator.offset, limit=paginator.limit, now=now
-        )
-        for position, item in enumerate(page, start=paginator.offset + 1):
+        page = selectors.worklist_page(items=items, offset=paginator.offset, limit=paginator.limit, now=now)
+        paginator.count, paginator.has_more = page.count, page.has_more
+        for position, item in enumerate(page.items, start=paginator.offset + 1):
             item.rank = position
-        data = WorklistItemSerializer(page, many=True, context={"now": now}).data
+        data = WorklistItemSerializer(page.items, many=True, context={"now": now}).data
         response = paginator.get_paginated_response(data)
+        response.data["count_exact"] = page.count_exact
         response.data["seq"] = seq
         response.data["max_wait_minutes"] = int(selectors.max_wait().total_seconds() // 60)
         return response

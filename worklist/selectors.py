@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -87,22 +88,42 @@ def worklist_items(
     return items.order_by(*READING_ORDER)
 
 
-def worklist_page(*, items: QuerySet[WorklistItem], offset: int, limit: int, now: datetime) -> tuple[int, list]:
-    """One page of ``worklist_items(...)`` and the total, fetched tier by tier.
+# Counting every open item costs a scan of all of them (about 11 ms at 100,000); a worklist is read from the top, so
+# the total is exact up to here and reported as "at least" beyond.
+COUNT_EXACT_UP_TO = 10_000
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[WorklistItem]
+    count: int  # exact when ``count_exact``; otherwise a lower bound (COUNT_EXACT_UP_TO)
+    count_exact: bool
+    has_more: bool
+
+
+def worklist_count(items: QuerySet[WorklistItem]) -> tuple[int, bool]:
+    """(count, exact): the number of items, counted no further than ``COUNT_EXACT_UP_TO``."""
+    n = items.order_by().values("pk")[: COUNT_EXACT_UP_TO + 1].count()
+    return min(n, COUNT_EXACT_UP_TO), n <= COUNT_EXACT_UP_TO
+
+
+def worklist_page(*, items: QuerySet[WorklistItem], offset: int, limit: int, now: datetime) -> Page:
+    """One page of ``worklist_items(...)``, fetched tier by tier, with whether more follow and the (bounded) total.
 
     Ordering by the computed tier first would make PostgreSQL sort every open item; each tier alone is ordered
     like the partial index ``worklist_open_reading_order``, so both queries stop after one page of index rows.
+    One row more than the page is fetched to know whether another page follows.
     """
     starving = Q(status=ItemStatus.WAITING, received_at__lt=now - max_wait())
     in_tier = items.order_by(*READING_ORDER[1:])
-    end = offset + limit
-    page = list(in_tier.filter(starving)[offset:end])
-    if len(page) == limit:
-        return items.count(), page
-    # The page reaches past the starving tier: its size is known from the page unless the page starts beyond it.
-    starving_count = offset + len(page) if page or offset == 0 else in_tier.filter(starving).count()
-    page += list(in_tier.exclude(starving)[max(0, offset - starving_count) : end - starving_count])
-    return items.count(), page
+    end = offset + limit + 1
+    rows = list(in_tier.filter(starving)[offset:end])
+    if len(rows) < end - offset:
+        # The page reaches past the starving tier: its size is known from the page unless the page starts beyond it.
+        starving_count = offset + len(rows) if rows or offset == 0 else in_tier.filter(starving).count()
+        rows += list(in_tier.exclude(starving)[max(0, offset - starving_count) : end - starving_count])
+    count, exact = worklist_count(items)
+    return Page(items=rows[:limit], count=count, count_exact=exact, has_more=len(rows) > limit)
 
 
 def worklist_item_for_payload(*, item_id: int, now: datetime | None = None) -> WorklistItem:

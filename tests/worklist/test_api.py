@@ -56,6 +56,27 @@ def test_worklist_paginates_with_continuing_ranks(radiologist_client, make_study
     assert (body["count"], [r["rank"] for r in body["results"]]) == (3, [3])
 
 
+def test_worklist_next_link_follows_the_rows_not_the_count(radiologist_client, make_study):
+    for _ in range(3):
+        make_study()
+    first = radiologist_client.get("/api/v1/worklist/?limit=2").json()
+    last = radiologist_client.get(first["next"]).json()
+    assert (first["count_exact"], [r["rank"] for r in last["results"]], last["next"]) == (True, [3], None)
+    assert radiologist_client.get("/api/v1/worklist/?limit=3").json()["next"] is None
+
+
+def test_worklist_count_stops_at_its_bound_but_paging_goes_on(radiologist_client, make_study, monkeypatch):
+    from worklist import selectors
+
+    monkeypatch.setattr(selectors, "COUNT_EXACT_UP_TO", 2)
+    for _ in range(4):
+        make_study()
+    first = radiologist_client.get("/api/v1/worklist/?limit=2").json()
+    second = radiologist_client.get(first["next"]).json()
+    assert (first["count"], first["count_exact"]) == (2, False)
+    assert ([r["rank"] for r in second["results"]], second["next"]) == ([3, 4], None)
+
+
 def test_worklist_filters_by_finding(radiologist_client, make_study):
     make_study(ich=0.9)
     lvo = make_study(lvo=0.8)
