@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from inference import stats
-from inference.modelcard import write_card
+from inference.modelcard import sha256_file, write_card
 from inference.networks import DEFAULT_ARCHITECTURE, ICH_SUBTYPES, build_network, count_parameters
 from inference.preprocess import (
     ICH_GRID,
@@ -121,7 +121,7 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def build_cache(dataset: PhantomDataset, workers: int, desc: str) -> list[dict[str, Any]]:
+def build_cache(dataset: Dataset, workers: int, desc: str) -> list[dict[str, Any]]:
     loader = DataLoader(
         dataset,
         batch_size=None,
@@ -133,14 +133,37 @@ def build_cache(dataset: PhantomDataset, workers: int, desc: str) -> list[dict[s
     return list(tqdm(loader, total=len(dataset), desc=desc, unit="phantom", leave=False))
 
 
+class _Tail(Dataset):
+    """The phantoms of ``dataset`` from index ``start`` on."""
+
+    def __init__(self, dataset: PhantomDataset, start: int) -> None:
+        self.dataset, self.start = dataset, start
+
+    def __len__(self) -> int:
+        return len(self.dataset) - self.start
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.dataset[self.start + index]
+
+
 def cached(cfg: RunConfig, dataset: PhantomDataset, split: str) -> list[dict[str, Any]]:
-    """Samples from ``--cache`` when an earlier run with the same finding, seed, count and family saved them."""
+    """Samples from ``--cache`` when an earlier run with the same finding, seed and family saved them.
+
+    Phantom ``i`` depends only on the seed and ``i``, so a cache of fewer phantoms is a prefix of this one: it is
+    loaded and only the rest are generated.
+    """
     if cfg.cache is None:
         return build_cache(dataset, cfg.workers, split)
-    path = cfg.cache / f"{cfg.finding}-{split}-seed{cfg.seed}-n{dataset.count}-{cfg.family}.pt"
+    stem = f"{cfg.finding}-{split}-seed{cfg.seed}"
+    path = cfg.cache / f"{stem}-n{dataset.count}-{cfg.family}.pt"
     if path.is_file():
         return torch.load(path, weights_only=False)  # noqa: S614 - a file this command wrote itself
-    samples = build_cache(dataset, cfg.workers, split)
+    prefix: list[dict[str, Any]] = []
+    for earlier in cfg.cache.glob(f"{stem}-n*-{cfg.family}.pt") if cfg.cache.is_dir() else ():
+        n = int(earlier.name[len(stem) + 2 : -len(f"-{cfg.family}.pt")])
+        if len(prefix) < n < dataset.count:
+            prefix = torch.load(earlier, weights_only=False)  # noqa: S614 - a file this command wrote itself
+    samples = prefix + build_cache(_Tail(dataset, len(prefix)), cfg.workers, split)
     cfg.cache.mkdir(parents=True, exist_ok=True)
     torch.save(samples, path)
     return samples
@@ -331,6 +354,8 @@ class RunConfig:
     family: str
     budget_s: float | None = None
     cache: Path | None = None
+    init: Path | None = None
+    threads: int | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -343,6 +368,8 @@ def seed_everything(seed: int) -> None:
 
 def run(cfg: RunConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     cfg.out.mkdir(parents=True, exist_ok=True)
     arch = DEFAULT_ARCHITECTURE[cfg.finding]
     started = time.time()
@@ -350,6 +377,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     val = cached(cfg, PhantomDataset(cfg.finding, cfg.seed, cfg.val_count, validation=True, family=cfg.family), "val")
     generation_s = time.time() - started
     model = build_network(arch)
+    if cfg.init is not None:
+        # Fine-tuning: start from earlier weights of the same architecture (a state_dict file).
+        model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     schedule = LrSchedule(cfg, math.ceil(len(train) / cfg.batch_size))
     rng = np.random.default_rng(cfg.seed)
@@ -447,6 +477,7 @@ def _summarise(model, cfg: RunConfig, val, history, best_epoch: int, seconds: fl
             "best_epoch": best_epoch,
             "batch_size": cfg.batch_size,
             "learning_rate": cfg.lr,
+            "initialised_from": None if cfg.init is None else {"file": cfg.init.name, "sha256": sha256_file(cfg.init)},
             "history": history,
             "seconds": round(seconds, 1),
             "phantom_generation_seconds": round(generation_s, 1),
@@ -475,11 +506,14 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     p.add_argument("--family", default="A", help="phantom generator family used for training")
     p.add_argument("--time-budget-min", type=float, default=None, help="stop training after this many minutes")
     p.add_argument("--cache", type=Path, default=None, help="keep generated samples here for later runs")
+    p.add_argument("--init", type=Path, default=None, help="start from these weights (a state_dict) instead")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for training (default: torch's)")
     a = p.parse_args(argv)
     batch = a.batch_size or (12 if a.finding == "ich" else 8)
     return RunConfig(
         a.finding, a.train_count, a.val_count, a.seed, a.epochs, a.out, batch, a.lr, a.workers,
         a.target_sensitivity, a.family, a.time_budget_min * 60 if a.time_budget_min else None, a.cache,
+        a.init, a.threads,
     )  # fmt: skip
 
 
