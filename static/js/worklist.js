@@ -284,6 +284,20 @@
       el("td", {}, ...findings),
       el(
         "td",
+        { class: "thumb" },
+        item.key_image_url
+          ? el("img", {
+              src: item.key_image_url,
+              alt: "Key image thumbnail; heatmap overlay is AI output (advisory)",
+              title: "Key image · heatmap overlay is AI output (advisory)",
+              loading: "lazy",
+              width: "48",
+              height: "48",
+            })
+          : el("span", { class: "muted", text: "—" })
+      ),
+      el(
+        "td",
         {},
         el("div", { text: item.study_description || "—" }),
         el("div", { class: "muted small", text: `${item.modality} · Acc ${item.accession_number || "—"}` })

@@ -109,8 +109,18 @@ def logged_in_page(browser, base_url: str, username: str):
 
 def critical_study(score: float = 0.93):
     study = StudyFactory(study_description="CT HEAD WO CONTRAST", requested_priority="ROUTINE")
-    ResultFactory(series=SeriesFactory(study=study), score=score, threshold=0.5)
+    ResultFactory(series=SeriesFactory(study=study), score=score, threshold=0.5, key_image_png=tiny_png())
     return worklist_item_sync(study=study)
+
+
+def tiny_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def first_row_uid(page) -> str:
@@ -130,6 +140,8 @@ def test_two_radiologists_see_critical_study_rise_and_claim(live_server_url, chr
         page.wait_for_selector(f'#rows tr:first-child[data-uid="{uid}"]', timeout=10000)
     alert_text = page_a.locator("#alert").inner_text()
     row_text = page_b.locator("#rows tr").first.inner_text()
+    thumb = f'#rows tr[data-uid="{uid}"] td.thumb img'
+    page_b.wait_for_function(f"() => document.querySelector('{thumb}')?.naturalWidth === 8", timeout=10000)
 
     page_a.locator(f'#rows tr[data-uid="{uid}"]').click()
     page_a.keyboard.press("c")
