@@ -57,6 +57,7 @@ class HeldOut(Dataset):
             "side": p.side,
             "hard_negative": p.hard_negative,
             "mask_slices": mask_slices,
+            "size": p.meta.get("size"),
         }
         return {"volume": p.volume_hu, "spacing": tuple(p.spacing_mm), "truth": truth}
 
@@ -106,6 +107,7 @@ def summarise(rows: list[dict[str, Any]], threshold: float, *, seed: int, family
         "calibration": stats.calibration(y, s).as_dict(),
         "subtypes": _per_subtype(rows, y, s, seed, n_boot),
         "hard_negatives": _per_hard_negative(rows, threshold),
+        "size_bands": _per_size_band(rows, y, s, threshold, seed, n_boot),
         "seconds_per_study": float(np.mean([r["seconds"] for r in rows])),
     }
     hits = [r["key_slice_hit"] for r in rows if r["label"] and r["key_slice_hit"] is not None]
@@ -126,6 +128,34 @@ def _per_subtype(rows: list[dict[str, Any]], y: np.ndarray, s: np.ndarray, seed:
         out[subtype] = {
             "positives": int(mine.sum()),
             "auc": stats.bootstrap_auc_ci(y[keep], s[keep], n_boot=n_boot, seed=seed).as_dict(),
+        }
+    return out
+
+
+# Bleed size as drawn by the generator, in [0, 1] (0: a 2 mm blob or a 2 mm film; 1: the largest of its kind).
+SIZE_BANDS: tuple[tuple[str, float, float], ...] = (
+    ("tiny (<0.15)", 0.0, 0.15),
+    ("small (0.15-0.4)", 0.15, 0.4),
+    ("medium (0.4-0.7)", 0.4, 0.7),
+    ("large (>=0.7)", 0.7, 1.01),
+)
+
+
+def _per_size_band(
+    rows: list[dict[str, Any]], y: np.ndarray, s: np.ndarray, threshold: float, seed: int, n_boot: int
+) -> dict:
+    """AUC (that band's positives against all negatives) and sensitivity at the threshold, per bleed size band."""
+    negatives = y == 0
+    out = {}
+    for name, low, high in SIZE_BANDS:
+        mine = np.array([bool(r["label"]) and r.get("size") is not None and low <= r["size"] < high for r in rows])
+        if not mine.any():
+            continue
+        keep = mine | negatives
+        out[name] = {
+            "positives": int(mine.sum()),
+            "auc": stats.bootstrap_auc_ci(y[keep], s[keep], n_boot=n_boot, seed=seed).as_dict(),
+            "sensitivity": stats.wilson_interval(int((s[mine] >= threshold).sum()), int(mine.sum())).as_dict(),
         }
     return out
 
@@ -162,6 +192,9 @@ def format_table(finding: str, model: str, r: dict[str, Any]) -> str:
     ]
     for name, sub in r["subtypes"].items():
         lines.append(f"{'AUC ' + name + ' (n+=' + str(sub['positives']) + ')':<40} {iv(sub['auc']):>26}")
+    for name, band in r.get("size_bands", {}).items():
+        lines.append(f"{'AUC size ' + name + ' (n+=' + str(band['positives']) + ')':<40} {iv(band['auc']):>26}")
+        lines.append(f"{'  sensitivity, size ' + name:<40} {iv(band['sensitivity']):>26}")
     for name, hn in r["hard_negatives"].items():
         label = f"FP rate {name} (n={hn['count']})"
         lines.append(f"{label:<40} {iv(hn['false_positive_rate']):>26}")

@@ -120,3 +120,22 @@ def test_evaluation_summary_reports_subtypes_and_hard_negatives():
     assert result["subtypes"]["sah"]["auc"]["estimate"] == 0.5
     assert result["hard_negatives"]["dense_falx"]["false_positive_rate"]["estimate"] == 1.0
     assert result["operating_point"]["sensitivity"]["estimate"] == 0.5
+
+
+def test_evaluation_summary_reports_sensitivity_by_bleed_size():
+    from inference.evaluate import summarise
+
+    rows = [
+        {"label": 1, "subtype": "iph", "size": 0.05, "score": 0.3},
+        {"label": 1, "subtype": "iph", "size": 0.1, "score": 0.7},
+        {"label": 1, "subtype": "sdh", "size": 0.9, "score": 0.95},
+        {"label": 0, "subtype": None, "size": None, "score": 0.4},
+        {"label": 0, "subtype": None, "size": None, "score": 0.2},
+    ]
+    for r in rows:
+        r.update(side=None, hard_negative=None, side_pred=None, key_slice_hit=None, seconds=0.1)
+    bands = summarise(rows, 0.5, seed=3, family="A", n_boot=50)["size_bands"]
+    assert sorted(bands) == ["large (>=0.7)", "tiny (<0.15)"]
+    assert (bands["tiny (<0.15)"]["positives"], bands["tiny (<0.15)"]["sensitivity"]["estimate"]) == (2, 0.5)
+    assert bands["tiny (<0.15)"]["auc"]["estimate"] == 0.75
+    assert bands["large (>=0.7)"]["auc"]["estimate"] == 1.0
