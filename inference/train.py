@@ -287,14 +287,26 @@ def loss_for(finding: str, out: dict[str, torch.Tensor], batch: dict[str, torch.
     loss = bce(out["logit"], batch["label"])
     # The map term is weighted down: at full weight it first learns where lesions usually are, not what they are.
     pos_weight = torch.tensor(2.0)
-    loss = loss + 0.5 * bce(out["cam"], batch["cam"], pos_weight=pos_weight)
     if finding == "ich":
+        loss = loss + 0.5 * bce(out["cam"], batch["cam"], pos_weight=pos_weight)
         loss = loss + bce(out["slice_logits"], batch["slice"], pos_weight=pos_weight)
         loss = loss + 0.5 * bce(out["subtype_logits"], batch["subtype"])
     else:
+        # An occlusion fills a few of the map's 1,568 cells: without balancing, the map learns to say "nothing"
+        # everywhere and never finds the occluded segment. Occlusion cells and the rest weigh the same.
+        loss = loss + balanced_bce(out["cam"], batch["cam"])
         positives = batch["label"] > 0
         if positives.any():
             loss = loss + 0.5 * bce(out["side_logit"][positives], batch["side"][positives])
+    return loss
+
+
+def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with the positive and the negative cells of the batch averaged separately."""
+    positive = target > 0.5
+    loss = F.binary_cross_entropy_with_logits(logits[~positive], target[~positive])
+    if positive.any():
+        loss = 0.5 * (loss + F.binary_cross_entropy_with_logits(logits[positive], target[positive]))
     return loss
 
 

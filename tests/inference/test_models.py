@@ -83,6 +83,18 @@ def test_tiny_training_lowers_the_loss_and_repeats_exactly():
     assert _tiny_training(6) == losses
 
 
+def test_balanced_map_loss_does_not_reward_a_map_that_says_nothing():
+    target = torch.zeros(1, 8, 14, 14)
+    target[0, 3, 7, 5] = 1.0  # one occluded cell, as in an LVO phantom
+    silent = torch.full_like(target, -5.0)
+    plain = torch.nn.functional.binary_cross_entropy_with_logits(silent, target)
+    assert float(plain) < 0.05
+    assert float(train.balanced_bce(silent, target)) > 2.0
+    found = silent.clone()
+    found[0, 3, 7, 5] = 5.0
+    assert float(train.balanced_bce(found, target)) < 0.01
+
+
 def test_model_card_hash_pins_the_weights(tmp_path: Path):
     weights = tmp_path / "ich2d-v1.pt"
     torch.save(build_network("ich2d-v1").state_dict(), weights)
