@@ -288,7 +288,9 @@ def loss_for(finding: str, out: dict[str, torch.Tensor], batch: dict[str, torch.
     # The map term is weighted down: at full weight it first learns where lesions usually are, not what they are.
     pos_weight = torch.tensor(2.0)
     if finding == "ich":
-        loss = loss + 0.5 * bce(out["cam"], batch["cam"], pos_weight=pos_weight)
+        # A small bleed fills 1-10 of the 2,048 map cells of a crop, a large subdural hundreds: balanced per study,
+        # each bleed's cells count as much as another's, and as much as all the cells without blood.
+        loss = loss + 0.5 * balanced_bce(out["cam"], batch["cam"], per_sample=True)
         loss = loss + bce(out["slice_logits"], batch["slice"], pos_weight=pos_weight)
         loss = loss + 0.5 * bce(out["subtype_logits"], batch["subtype"])
     else:
@@ -301,13 +303,23 @@ def loss_for(finding: str, out: dict[str, torch.Tensor], batch: dict[str, torch.
     return loss
 
 
-def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy with the positive and the negative cells of the batch averaged separately."""
+def balanced_bce(logits: torch.Tensor, target: torch.Tensor, *, per_sample: bool = False) -> torch.Tensor:
+    """Binary cross-entropy with the positive and the negative cells averaged separately, then the two averaged.
+
+    ``per_sample``: positive cells are averaged within each sample first, so a lesion of a few cells weighs as much
+    as one of hundreds."""
     positive = target > 0.5
     loss = F.binary_cross_entropy_with_logits(logits[~positive], target[~positive])
-    if positive.any():
-        loss = 0.5 * (loss + F.binary_cross_entropy_with_logits(logits[positive], target[positive]))
-    return loss
+    if not positive.any():
+        return loss
+    if not per_sample:
+        return 0.5 * (loss + F.binary_cross_entropy_with_logits(logits[positive], target[positive]))
+    cell_loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * positive
+    dims = list(range(1, target.ndim))
+    counts = positive.sum(dim=dims)
+    has = counts > 0
+    per = cell_loss.sum(dim=dims)[has] / counts[has]
+    return 0.5 * (loss + per.mean())
 
 
 def train_step(

@@ -95,6 +95,18 @@ def test_balanced_map_loss_does_not_reward_a_map_that_says_nothing():
     assert float(train.balanced_bce(found, target)) < 0.01
 
 
+def test_per_sample_balancing_weighs_a_small_lesion_like_a_large_one():
+    target = torch.zeros(2, 4, 16, 16)
+    target[0, 1, 2, 2] = 1.0  # one cell of blood
+    target[1, :, 4:12, 4:12] = 1.0  # 256 cells
+    logits = torch.full_like(target, -5.0)
+    logits[1][target[1] > 0] = 5.0  # the large one found, the small one missed
+    pooled = float(train.balanced_bce(logits, target))
+    per_sample = float(train.balanced_bce(logits, target, per_sample=True))
+    assert pooled < 0.05
+    assert per_sample > 1.2
+
+
 def test_model_card_hash_pins_the_weights(tmp_path: Path):
     weights = tmp_path / "ich2d-v1.pt"
     torch.save(build_network("ich2d-v1").state_dict(), weights)
