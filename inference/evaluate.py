@@ -219,7 +219,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="default: bench/results/eval_<finding>.json")
-    p.add_argument("--update-card", action="store_true", help="store the result in the model card")
+    p.add_argument(
+        "--update-card",
+        action="store_true",
+        help="store the result in the model card (one section per generator family)",
+    )
     return p.parse_args(argv)
 
 
@@ -245,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
     if args.update_card:
-        update_card(weights, "evaluation", result)
+        trained_on = card.get("training", {}).get("generator_family", "A")
+        update_card(weights, "evaluation" if args.family == trained_on else f"evaluation_family_{args.family}", result)
     return 0
 
 

@@ -97,8 +97,9 @@ def render_markdown(card: dict[str, Any]) -> str:
         lines += ["", *_training_markdown(card["training"])]
     if card.get("validation", {}).get("auc"):
         lines += ["", *_validation_markdown(card["validation"])]
-    if "evaluation" in card:
-        lines += ["", *_evaluation_markdown(card["evaluation"])]
+    # "evaluation": held out, the training generator family; "evaluation_family_<X>": a family never trained on.
+    for key in sorted(k for k in card if k.startswith("evaluation")):
+        lines += ["", *_evaluation_markdown(card[key])]
     return "\n".join(lines) + "\n"
 
 
@@ -132,6 +133,11 @@ def _evaluation_markdown(ev: dict[str, Any]) -> list[str]:
     ]
     for name, sub in ev.get("subtypes", {}).items():
         lines.append(f"- Subtype {name}: AUC {_iv(sub['auc'])} ({sub['positives']} positives)")
+    for name, band in ev.get("size_bands", {}).items():
+        lines.append(
+            f"- Bleed size {name}: AUC {_iv(band['auc'])}, sensitivity {_iv(band['sensitivity'])} "
+            f"({band['positives']} positives)"
+        )
     for name, hn in ev.get("hard_negatives", {}).items():
         lines.append(f"- Hard negative {name}: false-positive rate {_iv(hn['false_positive_rate'])} (n={hn['count']})")
     if "side_accuracy" in ev:

@@ -128,6 +128,29 @@ def test_model_card_hash_pins_the_weights(tmp_path: Path):
         loader.load_model(weights, finding="ich")
 
 
+def test_model_card_keeps_one_evaluation_per_generator_family(tmp_path: Path):
+    from inference.evaluate import summarise
+    from inference.modelcard import update_card
+
+    weights = tmp_path / "ich2d-v1.pt"
+    torch.save(build_network("ich2d-v1").state_dict(), weights)
+    write_card(weights, {"finding": "ich", "architecture": "ich2d-v1", "parameters": 1, "threshold": 0.5,
+                         "target_sensitivity": 0.95, "training": {}, "validation": {}})  # fmt: skip
+    rows = [
+        {"label": 1, "subtype": "iph", "size": 0.1, "score": 0.7},
+        {"label": 0, "subtype": None, "size": None, "score": 0.2},
+    ]
+    for r in rows:
+        r.update(side=None, hard_negative=None, side_pred=None, key_slice_hit=None, seconds=0.1)
+    for family in ("A", "B"):
+        key = "evaluation" if family == "A" else f"evaluation_family_{family}"
+        update_card(weights, key, summarise(rows, 0.5, seed=9, family=family, n_boot=20))
+    text = (tmp_path / "ich2d-v1.card.md").read_text()
+    assert "generator family A, 2 phantoms" in text
+    assert "generator family B, 2 phantoms" in text
+    assert "Bleed size tiny (<0.15): AUC 1.000" in text
+
+
 def test_evaluation_summary_reports_subtypes_and_hard_negatives():
     from inference.evaluate import summarise
 
