@@ -107,6 +107,22 @@ def test_per_sample_balancing_weighs_a_small_lesion_like_a_large_one():
     assert per_sample > 1.2
 
 
+def test_hard_negative_crop_holds_the_slice_the_model_scores_highest():
+    class BrightestSlice(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"slice_logits": x.mean(dim=(2, 3, 4))}
+
+    hu = torch.full((32, 16, 16), 30, dtype=torch.int16)
+    hu[25, 6:10, 6:10] = 300  # a calcification, far from where a random crop usually falls
+    negative = {"hu": hu, "label": 0.0, "slice_target": torch.zeros(32, dtype=torch.bool)}
+    positive = {**negative, "label": 1.0}
+    centres = train.hardest_slices(BrightestSlice(), [positive, negative])
+    assert centres == {1: 25}
+    rng = np.random.default_rng(0)
+    crops = [train._ich_crop(negative, rng, centres[1]) for _ in range(20)]
+    assert all(c.start <= 25 < c.stop and c.stop - c.start == train.ICH_CHUNK for c in crops)
+
+
 def test_model_card_hash_pins_the_weights(tmp_path: Path):
     weights = tmp_path / "ich2d-v1.pt"
     torch.save(build_network("ich2d-v1").state_dict(), weights)
