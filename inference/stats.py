@@ -207,9 +207,12 @@ def predictive_values(sensitivity: float, specificity: float, prevalence: float)
 
 
 def threshold_for_sensitivity(labels: np.ndarray, scores: np.ndarray, target: float) -> float:
-    """The highest threshold whose sensitivity (``score >= threshold``) reaches ``target``.
+    """A threshold whose sensitivity (``score >= threshold``) reaches ``target`` with the best specificity.
 
-    Highest, because among the thresholds meeting the sensitivity target it gives the best specificity.
+    The highest such threshold is the score of the positive that just reaches the target. Every threshold down to
+    the next negative score below it has the same specificity and misses no more positives, so the threshold is
+    moved to the middle of that gap: a new case scoring a little lower than the validation positives is still
+    flagged, at no cost in specificity on the validation data. Without a gap nothing moves.
     """
     y, s = _as_arrays(labels, scores)
     if not y.any():
@@ -218,7 +221,9 @@ def threshold_for_sensitivity(labels: np.ndarray, scores: np.ndarray, target: fl
         raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
     pos = np.sort(s[y])[::-1]
     needed = math.ceil(target * pos.size - 1e-9)
-    return float(pos[max(needed, 1) - 1])
+    highest = float(pos[max(needed, 1) - 1])
+    below = s[~y][s[~y] < highest]
+    return (highest + float(below.max())) / 2.0 if below.size else highest
 
 
 # --- calibration ------------------------------------------------------------------------------------------------

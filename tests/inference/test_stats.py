@@ -60,10 +60,26 @@ def test_operating_point_counts_and_rates():
     assert op.ppv.estimate == 0.75
 
 
-def test_threshold_for_sensitivity_is_the_highest_that_reaches_the_target():
+def test_threshold_for_sensitivity_reaches_the_target_with_the_best_specificity():
     threshold = stats.threshold_for_sensitivity(LABELS, SCORES, 0.75)
-    assert threshold == 0.6
-    assert stats.operating_point(LABELS, SCORES, threshold).sensitivity.estimate >= 0.75
+    # 0.6 is the positive that reaches 0.75; the next negative below is 0.3: the middle of that gap.
+    assert threshold == pytest.approx(0.45)
+    op = stats.operating_point(LABELS, SCORES, threshold)
+    assert (op.sensitivity.estimate, op.specificity.estimate) == (0.75, 0.75)
+
+
+def test_threshold_sits_in_the_gap_when_validation_separates_perfectly():
+    labels = np.array([0, 0, 1, 1, 1, 1])
+    scores = np.array([0.02, 0.10, 0.990, 0.996, 0.998, 0.999])
+    threshold = stats.threshold_for_sensitivity(labels, scores, 0.75)
+    assert threshold == pytest.approx((0.996 + 0.10) / 2)
+    assert stats.operating_point(labels, scores, threshold).sensitivity.estimate == 1.0
+
+
+def test_threshold_stays_when_no_negative_scores_below_it():
+    labels = np.array([1, 0, 1])
+    scores = np.array([0.5, 0.95, 0.9])
+    assert stats.threshold_for_sensitivity(labels, scores, 0.5) == 0.9
 
 
 def test_bootstrap_interval_is_seeded_and_contains_the_estimate():
