@@ -281,7 +281,7 @@ def _components(result: TriageResult) -> list[dict[str, Any]]:
     if isinstance(key_slice, int):
         components.append({"code": _local("key-slice", "Key slice index"), "valueInteger": key_slice})
     side = (result.details or {}).get("side")
-    if isinstance(side, str) and side:
+    if result.positive and isinstance(side, str) and side:  # the side of a finding, never of its absence
         components.append({"code": _local("side", "Side"), "valueString": side})
     return components
 

@@ -247,7 +247,8 @@ class StudyFindingSerializer(FindingSerializer):
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_side(self, result: TriageResult) -> str | None:
-        return (result.details or {}).get("side")
+        """The model's side (LVO) for a positive finding; none for a negative one."""
+        return (result.details or {}).get("side") if result.positive else None
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_my_verdict(self, result: TriageResult) -> str | None:

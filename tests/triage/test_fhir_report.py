@@ -53,6 +53,15 @@ def endpoint(db, fhir_server, settings):
     )
 
 
+def test_negative_result_reports_no_side(lvo_result):
+    lvo_result.score, lvo_result.positive = 0.1, False
+    observation = fhir.bundle_resource(
+        fhir.report_bundle_build(study=lvo_result.study, result=lvo_result, spec=_spec()), "Observation"
+    )
+    codes = {c["code"]["coding"][0]["code"] for c in observation["component"]}
+    assert codes == {"score", "threshold", "key-slice"}
+
+
 def test_r4_report_is_a_preliminary_radiology_report_labelled_as_ai(lvo_result):
     bundle = fhir.report_bundle_build(study=lvo_result.study, result=lvo_result, spec=_spec())
 
