@@ -111,6 +111,7 @@ def _training_markdown(t: dict[str, Any]) -> list[str]:
         f"(seeds {t['val_seeds']}); classes balanced, subtypes in turn",
         f"- {t['epochs']} epochs (best: {t['best_epoch']}), batch {t['batch_size']}, learning rate "
         f"{t['learning_rate']}, {t['seconds']:.0f} s on CPU, torch {t['torch']}",
+        *([f"- {t['lineage']}"] if t.get("lineage") else []),
     ]
 
 
