@@ -32,6 +32,7 @@ class DemoCase:
     seed: int
     subtype: str | None = None
     hard_negative: str | None = None
+    size: float | None = None  # bleed size in [0, 1]; None lets the seed decide
 
     @property
     def positive(self) -> bool:
@@ -49,7 +50,9 @@ CASES = [
     DemoCase("ncct", 9105),
     DemoCase("ncct", 9106, subtype="sah"),
     DemoCase("cta", 9203, subtype="ica_t"),
-    DemoCase("ncct", 9107, subtype="edh"),
+    # Seed 9107 alone draws a 2.6 mm lens, below what the shipped model finds (its card: sensitivity under 0.5 for
+    # bleeds of size < 0.15); the demo shows a typical one.
+    DemoCase("ncct", 9107, subtype="edh", size=0.5),
 ]
 FIRST_BATCH = 5
 TRICKLE_SECONDS = 20.0
@@ -66,6 +69,7 @@ def write_case(case: DemoCase, out_dir: Path) -> tuple[Path, str]:
             positive=case.positive,
             subtype=case.subtype,
             hard_negative=case.hard_negative,
+            size=case.size,
             shape=(32, 512, 512),
             slice_thickness_mm=5.0,
         )
