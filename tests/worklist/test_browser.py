@@ -154,6 +154,39 @@ def test_two_radiologists_see_critical_study_rise_and_claim(live_server_url, chr
     assert first_row_uid(page_b) == uid
 
 
+def test_escalation_feedback_and_acknowledgement_in_the_browser(live_server_url, chromium):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from worklist.models import Feedback, WorklistItem
+    from worklist.services import worklist_items_escalate
+
+    item = off_loop(critical_study)
+    uid = item.study.study_instance_uid
+    page = logged_in_page(chromium, live_server_url, "rad_c")
+    page.wait_for_selector(f'#rows tr[data-uid="{uid}"]')
+
+    late = timezone.now() - timedelta(hours=2)
+    off_loop(lambda: WorklistItem.objects.filter(pk=item.pk).update(critical_at=late))
+    assert off_loop(worklist_items_escalate) == [item.pk]
+    page.wait_for_selector(f'#rows tr[data-uid="{uid}"] .badge.escalated', timeout=10000)
+    alert_text = page.locator("#alert").inner_text()
+
+    page.locator(f'#rows tr[data-uid="{uid}"]').click()
+    page.wait_for_selector('.feedback button[data-verdict="agree"]')
+    page.locator('.feedback button[data-verdict="agree"]').click()
+    page.wait_for_selector('.feedback button[data-verdict="agree"][aria-pressed="true"]', timeout=10000)
+    page.keyboard.press("a")
+    page.wait_for_selector(f'#rows tr[data-uid="{uid}"] .badge.ack', timeout=10000)
+
+    verdicts = off_loop(lambda: list(Feedback.objects.values_list("verdict", "model_version", "user__username")))
+    acknowledged_by = off_loop(lambda: WorklistItem.objects.get(pk=item.pk).acknowledged_by.username)
+    assert "Unacknowledged — escalated" in alert_text
+    assert verdicts == [("agree", "0.1.0", "rad_c")]
+    assert acknowledged_by == "rad_c"
+
+
 def test_anonymous_websocket_is_refused_by_the_server(live_server_url, chromium):
     page = chromium.new_page()
     page.goto(live_server_url + "/accounts/login/")
