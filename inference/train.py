@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from inference import stats
@@ -133,19 +133,6 @@ def build_cache(dataset: Dataset, workers: int, desc: str) -> list[dict[str, Any
     return list(tqdm(loader, total=len(dataset), desc=desc, unit="phantom", leave=False))
 
 
-class _Tail(Dataset):
-    """The phantoms of ``dataset`` from index ``start`` on."""
-
-    def __init__(self, dataset: PhantomDataset, start: int) -> None:
-        self.dataset, self.start = dataset, start
-
-    def __len__(self) -> int:
-        return len(self.dataset) - self.start
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.dataset[self.start + index]
-
-
 def cached(cfg: RunConfig, dataset: PhantomDataset, split: str) -> list[dict[str, Any]]:
     """Samples from ``--cache`` when an earlier run with the same finding, seed and family saved them.
 
@@ -158,12 +145,15 @@ def cached(cfg: RunConfig, dataset: PhantomDataset, split: str) -> list[dict[str
     path = cfg.cache / f"{stem}-n{dataset.count}-{cfg.family}.pt"
     if path.is_file():
         return torch.load(path, weights_only=False)  # noqa: S614 - a file this command wrote itself
-    prefix: list[dict[str, Any]] = []
-    for earlier in cfg.cache.glob(f"{stem}-n*-{cfg.family}.pt") if cfg.cache.is_dir() else ():
-        n = int(earlier.name[len(stem) + 2 : -len(f"-{cfg.family}.pt")])
-        if len(prefix) < n < dataset.count:
-            prefix = torch.load(earlier, weights_only=False)  # noqa: S614 - a file this command wrote itself
-    samples = prefix + build_cache(_Tail(dataset, len(prefix)), cfg.workers, split)
+    earlier = {
+        int(found.name[len(stem) + 2 : -len(f"-{cfg.family}.pt")]): found
+        for found in (cfg.cache.glob(f"{stem}-n*-{cfg.family}.pt") if cfg.cache.is_dir() else ())
+    }
+    shorter = [n for n in earlier if n < dataset.count]
+    prefix: list[dict[str, Any]] = (
+        torch.load(earlier[max(shorter)], weights_only=False) if shorter else []  # noqa: S614 - written by this command
+    )
+    samples = prefix + build_cache(Subset(dataset, range(len(prefix), len(dataset))), cfg.workers, split)
     cfg.cache.mkdir(parents=True, exist_ok=True)
     torch.save(samples, path)
     return samples
@@ -334,18 +324,19 @@ def balanced_bce(logits: torch.Tensor, target: torch.Tensor, *, per_sample: bool
 
     ``per_sample``: positive cells are averaged within each sample first, so a lesion of a few cells weighs as much
     as one of hundreds."""
+    cells = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     positive = target > 0.5
-    loss = F.binary_cross_entropy_with_logits(logits[~positive], target[~positive])
+    negative_loss = cells[~positive].mean()
     if not positive.any():
-        return loss
-    if not per_sample:
-        return 0.5 * (loss + F.binary_cross_entropy_with_logits(logits[positive], target[positive]))
-    cell_loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * positive
-    dims = list(range(1, target.ndim))
-    counts = positive.sum(dim=dims)
-    has = counts > 0
-    per = cell_loss.sum(dim=dims)[has] / counts[has]
-    return 0.5 * (loss + per.mean())
+        return negative_loss
+    if per_sample:
+        dims = list(range(1, target.ndim))
+        counts = positive.sum(dim=dims)
+        has = counts > 0
+        positive_loss = ((cells * positive).sum(dim=dims)[has] / counts[has]).mean()
+    else:
+        positive_loss = cells[positive].mean()
+    return 0.5 * (negative_loss + positive_loss)
 
 
 def train_step(
@@ -567,9 +558,11 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     p.add_argument(
         "--mine-hard-negatives",
         action="store_true",
-        help="ICH: crop each negative around the slice the model scores highest (about 1.6x the time per step)",
+        help="ICH: crop each negative around the slice the model scores highest (one more forward pass per negative)",
     )
     a = p.parse_args(argv)
+    if a.mine_hard_negatives and a.finding != "ich":
+        p.error("--mine-hard-negatives is for --finding ich")
     batch = a.batch_size or (12 if a.finding == "ich" else 8)
     return RunConfig(
         a.finding, a.train_count, a.val_count, a.seed, a.epochs, a.out, batch, a.lr, a.workers,

@@ -280,9 +280,8 @@ def _components(result: TriageResult) -> list[dict[str, Any]]:
     key_slice = (result.details or {}).get("key_slice")
     if isinstance(key_slice, int):
         components.append({"code": _local("key-slice", "Key slice index"), "valueInteger": key_slice})
-    side = (result.details or {}).get("side")
-    if result.positive and isinstance(side, str) and side:  # the side of a finding, never of its absence
-        components.append({"code": _local("side", "Side"), "valueString": side})
+    if result.reported_side:
+        components.append({"code": _local("side", "Side"), "valueString": result.reported_side})
     return components
 
 

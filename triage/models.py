@@ -278,6 +278,12 @@ class TriageResult(models.Model):
     def __str__(self) -> str:
         return f"{self.finding} {self.score:.3f} ({self.model_name} {self.model_version})"
 
+    @property
+    def reported_side(self) -> str | None:
+        """The model's side (LVO) for a positive finding: a side of a finding, never of its absence."""
+        side = (self.details or {}).get("side")
+        return side if self.positive and isinstance(side, str) and side else None
+
 
 class FhirAuth(models.TextChoices):
     NONE = "none", "None"

@@ -247,8 +247,7 @@ class StudyFindingSerializer(FindingSerializer):
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_side(self, result: TriageResult) -> str | None:
-        """The model's side (LVO) for a positive finding; none for a negative one."""
-        return (result.details or {}).get("side") if result.positive else None
+        return result.reported_side
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_my_verdict(self, result: TriageResult) -> str | None:
