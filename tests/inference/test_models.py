@@ -123,6 +123,19 @@ def test_hard_negative_crop_holds_the_slice_the_model_scores_highest():
     assert all(c.start <= 25 < c.stop and c.stop - c.start == train.ICH_CHUNK for c in crops)
 
 
+def test_small_bleeds_are_repeated_and_nothing_else_is():
+    def sample(label: float, cells: int) -> dict:
+        cam = torch.zeros(4, 16, 16, dtype=torch.bool)
+        cam.view(-1)[:cells] = True
+        return {"label": label, "cam_target": cam, "slice_target": cam.any(dim=(1, 2))}
+
+    samples = [sample(1.0, 3), sample(1.0, 200), sample(0.0, 0), sample(1.0, train.SMALL_LESION_CELLS + 1)]
+    assert sorted(train.epoch_indices(samples, 0).tolist()) == [0, 1, 2, 3]
+    assert sorted(train.epoch_indices(samples, 2).tolist()) == [0, 0, 0, 1, 2, 3]
+    lvo = [{"label": 1.0, "cam_target": torch.ones(2, 2, 2, dtype=torch.bool)}]
+    assert train.epoch_indices(lvo, 2).tolist() == [0]
+
+
 def test_model_card_hash_pins_the_weights(tmp_path: Path):
     weights = tmp_path / "ich2d-v1.pt"
     torch.save(build_network("ich2d-v1").state_dict(), weights)
