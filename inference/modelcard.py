@@ -143,4 +143,6 @@ def _evaluation_markdown(ev: dict[str, Any]) -> list[str]:
         lines.append(f"- Hard negative {name}: false-positive rate {_iv(hn['false_positive_rate'])} (n={hn['count']})")
     if "side_accuracy" in ev:
         lines.append(f"- Side of occlusion correct: {_iv(ev['side_accuracy'])}")
+    if "key_slice_in_lesion" in ev:
+        lines.append(f"- Key slice inside the lesion: {_iv(ev['key_slice_in_lesion'])}")
     return lines

@@ -100,3 +100,13 @@ def test_key_image_is_a_png_with_the_advisory_banner(ich_runner: ModelRunner):
     banner = rows[:20]
     assert ((banner[..., 0] == 255) & (banner[..., 1] == 200) & (banner[..., 2] == 0)).sum() > 50
     assert width == 64
+
+
+def test_key_slice_of_a_3d_map_lies_between_cells_where_the_evidence_is():
+    from inference.runner import _subcell_offset
+
+    column = torch.tensor([-((z - 4.3) ** 2) for z in range(8)])  # evidence peaks 0.3 cells past cell 4's centre
+    assert _subcell_offset(column, 4) == pytest.approx(0.3)
+    assert _subcell_offset(torch.tensor([-((z - 3.8) ** 2) for z in range(8)]), 4) == pytest.approx(-0.2)
+    assert _subcell_offset(column, 0) == 0.0  # no neighbour on one side: the cell's centre
+    assert _subcell_offset(torch.zeros(8), 4) == 0.0  # flat: no side to lean to
