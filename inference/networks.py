@@ -55,13 +55,16 @@ class IchNet(nn.Module):
 
     in_channels: int = 3
 
-    def __init__(self, width: int = 16, sharpness: float = 6.0) -> None:
+    def __init__(self, width: int = 16, sharpness: float = 6.0, full_resolution_stem: bool = False) -> None:
         super().__init__()
         w = width
+        # The stem either halves the grid at once (v1) or looks at full resolution first (v2): a 2 mm bleed spans
+        # about one 1.75 mm pixel. Both reach 1/8 with the same layers and the same parameter shapes.
+        s1, s3 = (1, 2) if full_resolution_stem else (2, 1)
         self.encoder = nn.Sequential(
-            _conv_bn_relu2d(3, w, stride=2),  # 1/2
-            _conv_bn_relu2d(w, 2 * w, stride=2),  # 1/4
-            _conv_bn_relu2d(2 * w, 2 * w),
+            _conv_bn_relu2d(3, w, stride=s1),
+            _conv_bn_relu2d(w, 2 * w, stride=2),
+            _conv_bn_relu2d(2 * w, 2 * w, stride=s3),  # 1/4
             _conv_bn_relu2d(2 * w, 4 * w, stride=2),  # 1/8
             _conv_bn_relu2d(4 * w, 4 * w),
             _conv_bn_relu2d(4 * w, 8 * w),
@@ -131,6 +134,7 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
     "ich2d-v1": Architecture("ich2d-v1", "ich", IchNet, 3),
+    "ich2d-v2": Architecture("ich2d-v2", "ich", lambda: IchNet(full_resolution_stem=True), 3),
     "lvo3d-v1": Architecture("lvo3d-v1", "lvo", LvoNet, 2),
 }
 

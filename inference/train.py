@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from inference import stats
 from inference.modelcard import sha256_file, write_card
-from inference.networks import DEFAULT_ARCHITECTURE, ICH_SUBTYPES, build_network, count_parameters
+from inference.networks import ARCHITECTURES, DEFAULT_ARCHITECTURE, ICH_SUBTYPES, build_network, count_parameters
 from inference.preprocess import (
     ICH_GRID,
     ICH_WINDOWS,
@@ -399,6 +399,7 @@ class RunConfig:
     threads: int | None = None
     mine_hard_negatives: bool = False
     repeat_small: int = 0
+    architecture: str | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -414,14 +415,14 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    arch = DEFAULT_ARCHITECTURE[cfg.finding]
+    arch = cfg.architecture or DEFAULT_ARCHITECTURE[cfg.finding]
     started = time.time()
     train = cached(cfg, PhantomDataset(cfg.finding, cfg.seed, cfg.train_count, family=cfg.family), "train")
     val = cached(cfg, PhantomDataset(cfg.finding, cfg.seed, cfg.val_count, validation=True, family=cfg.family), "val")
     generation_s = time.time() - started
     model = build_network(arch)
     if cfg.init is not None:
-        # Fine-tuning: start from earlier weights of the same architecture (a state_dict file).
+        # Fine-tuning: start from earlier weights with the same parameter shapes (a state_dict file).
         model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     schedule = LrSchedule(cfg, math.ceil(len(epoch_indices(train, cfg.repeat_small)) / cfg.batch_size))
@@ -443,7 +444,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     model.load_state_dict(best["state"])
     weights = cfg.out / f"{arch}.pt"
     torch.save(best["state"], weights)
-    summary = _summarise(model, cfg, val, history, best["epoch"], time.time() - started, generation_s)
+    summary = _summarise(model, cfg, arch, val, history, best["epoch"], time.time() - started, generation_s)
     write_card(weights, summary)
     return summary
 
@@ -516,14 +517,16 @@ def _val_auc(model: nn.Module, finding: str, val: list[dict[str, Any]]) -> float
     return stats.auc(labels, predict(model, finding, val)["scores"])
 
 
-def _summarise(model, cfg: RunConfig, val, history, best_epoch: int, seconds: float, generation_s: float) -> dict:  # noqa: ANN001
+def _summarise(
+    model, cfg: RunConfig, arch: str, val, history, best_epoch: int, seconds: float, generation_s: float
+) -> dict:  # noqa: ANN001, E501
     labels = np.array([s["label"] for s in val])
     scores = predict(model, cfg.finding, val)["scores"]
     threshold = stats.threshold_for_sensitivity(labels, scores, cfg.target_sensitivity)
     point = stats.operating_point(labels, scores, threshold)
     return {
         "finding": cfg.finding,
-        "architecture": DEFAULT_ARCHITECTURE[cfg.finding],
+        "architecture": arch,
         "parameters": count_parameters(model),
         "threshold": threshold,
         "target_sensitivity": cfg.target_sensitivity,
@@ -560,6 +563,7 @@ def _summarise(model, cfg: RunConfig, val, history, best_epoch: int, seconds: fl
 def parse_args(argv: list[str] | None = None) -> RunConfig:
     p = argparse.ArgumentParser(prog="python -m inference.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--finding", choices=("ich", "lvo"), required=True)
+    p.add_argument("--architecture", choices=sorted(ARCHITECTURES), default=None, help="default: the finding's")
     p.add_argument("--train-count", type=int, default=2000)
     p.add_argument("--val-count", type=int, default=300)
     p.add_argument("--seed", type=int, default=1)
@@ -587,13 +591,15 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         help=f"ICH: show positives whose bleed covers <= {SMALL_LESION_CELLS} map cells N more times per epoch",
     )
     a = p.parse_args(argv)
+    if a.architecture and ARCHITECTURES[a.architecture].finding != a.finding:
+        p.error(f"--architecture {a.architecture} is not for --finding {a.finding}")
     if a.finding != "ich" and (a.mine_hard_negatives or a.repeat_small):
         p.error("--mine-hard-negatives and --repeat-small are for --finding ich")
     batch = a.batch_size or (12 if a.finding == "ich" else 8)
     return RunConfig(
         a.finding, a.train_count, a.val_count, a.seed, a.epochs, a.out, batch, a.lr, a.workers,
         a.target_sensitivity, a.family, a.time_budget_min * 60 if a.time_budget_min else None, a.cache,
-        a.init, a.threads, a.mine_hard_negatives, max(0, a.repeat_small),
+        a.init, a.threads, a.mine_hard_negatives, max(0, a.repeat_small), a.architecture,
     )  # fmt: skip
 
 

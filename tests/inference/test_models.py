@@ -30,12 +30,20 @@ def _phantom(seed: int, positive: bool, finding: str = "ich") -> Phantom:
     return Phantom(vol, (5.0, 3.0, 3.0), finding, positive, "iph" if positive else None, "left", mask)
 
 
-def test_ich_network_output_shapes():
-    out = build_network("ich2d-v1").eval()(torch.zeros(2, 5, 3, 64, 64))
+@pytest.mark.parametrize("architecture", ["ich2d-v1", "ich2d-v2"])
+def test_ich_network_output_shapes(architecture: str):
+    out = build_network(architecture).eval()(torch.zeros(2, 5, 3, 64, 64))
     assert out["logit"].shape == (2,)
     assert out["slice_logits"].shape == (2, 5)
     assert out["subtype_logits"].shape == (2, 5)
     assert out["cam"].shape == (2, 5, 8, 8)
+
+
+def test_full_resolution_stem_fine_tunes_from_v1_weights():
+    v1, v2 = build_network("ich2d-v1"), build_network("ich2d-v2")
+    v2.load_state_dict(v1.state_dict())  # same parameter shapes: v1 weights are a starting point for v2
+    assert v2.encoder[0][0].stride == (1, 1)
+    assert v1.encoder[0][0].stride == (2, 2)
 
 
 def test_lvo_network_output_shapes():
@@ -215,3 +223,15 @@ def test_evaluation_summary_reports_sensitivity_by_bleed_size():
     assert (bands["tiny (<0.15)"]["positives"], bands["tiny (<0.15)"]["sensitivity"]["estimate"]) == (2, 0.5)
     assert bands["tiny (<0.15)"]["auc"]["estimate"] == 0.75
     assert bands["large (>=0.7)"]["auc"]["estimate"] == 1.0
+
+
+def test_training_options_are_refused_for_the_wrong_finding(tmp_path: Path):
+    cfg = train.parse_args(["--finding", "ich", "--architecture", "ich2d-v2", "--repeat-small", "2", "--out", "o"])
+    assert (cfg.architecture, cfg.repeat_small) == ("ich2d-v2", 2)
+    for wrong in (
+        ["--finding", "lvo", "--architecture", "ich2d-v2"],
+        ["--finding", "lvo", "--mine-hard-negatives"],
+        ["--finding", "lvo", "--repeat-small", "1"],
+    ):
+        with pytest.raises(SystemExit):
+            train.parse_args([*wrong, "--out", str(tmp_path)])
