@@ -7,7 +7,8 @@ network's own evidence rather than a post-hoc explanation.
 - ``ich2d-v1`` (non-contrast CT): input (B, S, 3, H, W): S axial slices at 5 mm, three HU windows each. A 2D CNN
   per slice, a slice-context convolution across neighbouring slices, then 1×1 heads giving one hemorrhage map and
   five subtype maps (EDH, SDH, IPH, SAH, IVH) at 1/8 resolution. Outputs ``logit``, ``slice_logits`` (B, S),
-  ``subtype_logits`` (B, 5), ``cam`` (B, S, H/8, W/8).
+  ``subtype_logits`` (B, 5), ``cam`` (B, S, H/8, W/8). ``ich2d-v2`` (shipped) is the same network whose first
+  convolution keeps the full 1.75 mm grid, so a bleed one pixel thick reaches the second layer intact.
 - ``lvo3d-v1`` (CT angiography): input (B, 2, D, H, W): the windowed crop and its left–right mirror, so one-sided
   asymmetry is visible to every filter. A small 3D CNN gives an occlusion map at 1/8 resolution. Outputs ``logit``,
   ``side_logit`` (B,) (> 0: occlusion in the high-x half of the crop), ``cam`` (B, D/8, H/8, W/8).
@@ -138,7 +139,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "lvo3d-v1": Architecture("lvo3d-v1", "lvo", LvoNet, 2),
 }
 
-DEFAULT_ARCHITECTURE: dict[str, str] = {"ich": "ich2d-v1", "lvo": "lvo3d-v1"}
+DEFAULT_ARCHITECTURE: dict[str, str] = {"ich": "ich2d-v2", "lvo": "lvo3d-v1"}
 
 
 def build_network(architecture: str) -> nn.Module:
