@@ -518,8 +518,15 @@ def _val_auc(model: nn.Module, finding: str, val: list[dict[str, Any]]) -> float
 
 
 def _summarise(
-    model, cfg: RunConfig, arch: str, val, history, best_epoch: int, seconds: float, generation_s: float
-) -> dict:  # noqa: ANN001, E501
+    model,  # noqa: ANN001
+    cfg: RunConfig,
+    arch: str,
+    val: list[dict[str, Any]],
+    history: list[dict[str, Any]],
+    best_epoch: int,
+    seconds: float,
+    generation_s: float,
+) -> dict[str, Any]:
     labels = np.array([s["label"] for s in val])
     scores = predict(model, cfg.finding, val)["scores"]
     threshold = stats.threshold_for_sensitivity(labels, scores, cfg.target_sensitivity)
