@@ -425,14 +425,15 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         # Fine-tuning: start from earlier weights with the same parameter shapes (a state_dict file).
         model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    schedule = LrSchedule(cfg, math.ceil(len(epoch_indices(train, cfg.repeat_small)) / cfg.batch_size))
+    indices = epoch_indices(train, cfg.repeat_small)  # the same every epoch, in a new order each time
+    schedule = LrSchedule(cfg, math.ceil(len(indices) / cfg.batch_size))
     rng = np.random.default_rng(cfg.seed)
     best: dict[str, Any] = {"auc": -1.0}
     history = []
     for epoch in range(cfg.epochs):
         if schedule.exhausted():
             break
-        losses = _train_epoch(model, optimizer, schedule, cfg, train, rng, epoch)
+        losses = _train_epoch(model, optimizer, schedule, cfg, train, indices, rng, epoch)
         val_auc = _val_auc(model, cfg.finding, val)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auc": val_auc})
         logger.info("epoch %d loss %.4f val AUC %.4f", epoch + 1, np.mean(losses), val_auc)
@@ -494,8 +495,17 @@ def epoch_indices(train: list[dict[str, Any]], repeat_small: int) -> np.ndarray:
     return np.concatenate([np.arange(len(train)), np.repeat(np.array(extra, dtype=int), repeat_small)])
 
 
-def _train_epoch(model, optimizer, schedule: LrSchedule, cfg: RunConfig, train, rng, epoch: int) -> list[float]:  # noqa: ANN001
-    order = rng.permutation(epoch_indices(train, cfg.repeat_small))
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: LrSchedule,
+    cfg: RunConfig,
+    train: list[dict[str, Any]],
+    indices: np.ndarray,
+    rng: np.random.Generator,
+    epoch: int,
+) -> list[float]:
+    order = rng.permutation(indices)
     losses: list[float] = []
     bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
     for i in bar:
