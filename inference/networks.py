@@ -7,8 +7,10 @@ network's own evidence rather than a post-hoc explanation.
 - ``ich2d-v1`` (non-contrast CT): input (B, S, 3, H, W): S axial slices at 5 mm, three HU windows each. A 2D CNN
   per slice, a slice-context convolution across neighbouring slices, then 1×1 heads giving one hemorrhage map and
   five subtype maps (EDH, SDH, IPH, SAH, IVH) at 1/8 resolution. Outputs ``logit``, ``slice_logits`` (B, S),
-  ``subtype_logits`` (B, 5), ``cam`` (B, S, H/8, W/8). ``ich2d-v2`` (shipped) is the same network whose first
-  convolution keeps the full 1.75 mm grid, so a bleed one pixel thick reaches the second layer intact.
+  ``subtype_logits`` (B, 5), ``cam`` (B, S, H/8, W/8). ``ich2d-v2`` is the same network whose first convolution
+  keeps the full 1.75 mm grid, so a bleed one pixel thick reaches the second layer intact. ``ich2d-v3`` (shipped)
+  is ``ich2d-v2`` that, in eval mode, also reads the left–right mirror image of the study and averages the two
+  readings (logits, and the map flipped back): same parameters, twice the inference cost, training unchanged.
 - ``lvo3d-v1`` (CT angiography): input (B, 2, D, H, W): the windowed crop and its left–right mirror, so one-sided
   asymmetry is visible to every filter. A small 3D CNN gives an occlusion map at 1/8 resolution. Outputs ``logit``,
   ``side_logit`` (B,) (> 0: occlusion in the high-x half of the crop), ``cam`` (B, D/8, H/8, W/8).
@@ -56,7 +58,9 @@ class IchNet(nn.Module):
 
     in_channels: int = 3
 
-    def __init__(self, width: int = 16, sharpness: float = 6.0, full_resolution_stem: bool = False) -> None:
+    def __init__(
+        self, width: int = 16, sharpness: float = 6.0, full_resolution_stem: bool = False, mirror_average: bool = False
+    ) -> None:
         super().__init__()
         w = width
         # The stem either halves the grid at once (v1) or looks at full resolution first (v2): a 2 mm bleed spans
@@ -80,8 +84,19 @@ class IchNet(nn.Module):
         )
         self.head = nn.Conv2d(c, 1 + len(ICH_SUBTYPES), 1)
         self.sharpness = sharpness
+        self.mirror_average = mirror_average
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self._read(x)
+        if self.mirror_average and not self.training:
+            # A bleed and its mirror image are the same finding: averaging the two readings steadies the score.
+            mirrored = self._read(x.flip(-1))
+            for key in ("logit", "slice_logits", "subtype_logits"):
+                out[key] = 0.5 * (out[key] + mirrored[key])
+            out["cam"] = 0.5 * (out["cam"] + mirrored["cam"].flip(-1))
+        return out
+
+    def _read(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         b, s, ch, h, w = x.shape
         feats = self.encoder(x.reshape(b * s, ch, h, w))
         c, fh, fw = feats.shape[1], feats.shape[2], feats.shape[3]
@@ -136,6 +151,7 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "ich2d-v1": Architecture("ich2d-v1", "ich", IchNet, 3),
     "ich2d-v2": Architecture("ich2d-v2", "ich", lambda: IchNet(full_resolution_stem=True), 3),
+    "ich2d-v3": Architecture("ich2d-v3", "ich", lambda: IchNet(full_resolution_stem=True, mirror_average=True), 3),
     "lvo3d-v1": Architecture("lvo3d-v1", "lvo", LvoNet, 2),
 }
 

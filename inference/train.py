@@ -7,7 +7,8 @@ int16 HU with its low-resolution targets; later epochs re-draw crops and augment
 ``seed * 1_000_000 + i`` for training and ``+ 500_000`` for validation; evaluation uses another ``--seed`` (and
 another generator family) so it never sees a training phantom. The operating point is chosen on the validation
 split for a target sensitivity. Writes ``<architecture>.pt`` (a state_dict), ``checkpoint.pt`` per epoch, and a
-model card (``<architecture>.card.json`` / ``.md``).
+model card (``<architecture>.card.json`` / ``.md``). ``--epochs 0 --init W`` trains nothing: it chooses the
+operating point for the weights ``W`` (for instance served by an architecture that reads them differently).
 """
 
 from __future__ import annotations
@@ -428,7 +429,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     indices = epoch_indices(train, cfg.repeat_small)  # the same every epoch, in a new order each time
     schedule = LrSchedule(cfg, math.ceil(len(indices) / cfg.batch_size))
     rng = np.random.default_rng(cfg.seed)
-    best: dict[str, Any] = {"auc": -1.0}
+    # With no epochs the starting weights are the result: only the operating point is chosen, on validation.
+    best: dict[str, Any] = {"auc": -1.0, "epoch": 0, "state": _snapshot(model)}
     history = []
     for epoch in range(cfg.epochs):
         if schedule.exhausted():
@@ -438,7 +440,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "val_auc": val_auc})
         logger.info("epoch %d loss %.4f val AUC %.4f", epoch + 1, np.mean(losses), val_auc)
         tqdm.write(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}, validation AUC {val_auc:.4f}")
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state = _snapshot(model)
         torch.save({"epoch": epoch + 1, "model": state, "optimizer": optimizer.state_dict()}, cfg.out / "checkpoint.pt")
         if val_auc >= best["auc"]:
             best = {"auc": val_auc, "epoch": epoch + 1, "state": state}
@@ -448,6 +450,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     summary = _summarise(model, cfg, arch, val, history, best["epoch"], time.time() - started, generation_s)
     write_card(weights, summary)
     return summary
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 class LrSchedule:
@@ -584,7 +590,9 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     p.add_argument("--train-count", type=int, default=2000)
     p.add_argument("--val-count", type=int, default=300)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument(
+        "--epochs", type=int, default=5, help="0 with --init: no training, only choose the threshold on validation"
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--batch-size", type=int, default=None, help="default: 12 (ich crops) or 8 (lvo)")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -610,6 +618,8 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     a = p.parse_args(argv)
     if a.architecture and ARCHITECTURES[a.architecture].finding != a.finding:
         p.error(f"--architecture {a.architecture} is not for --finding {a.finding}")
+    if a.epochs < 0 or (a.epochs == 0 and a.init is None):
+        p.error("--epochs must be at least 1, or 0 with --init (weights to calibrate)")
     if a.finding != "ich" and (a.mine_hard_negatives or a.repeat_small):
         p.error("--mine-hard-negatives and --repeat-small are for --finding ich")
     batch = a.batch_size or (12 if a.finding == "ich" else 8)

@@ -235,3 +235,40 @@ def test_training_options_are_refused_for_the_wrong_finding(tmp_path: Path):
     ):
         with pytest.raises(SystemExit):
             train.parse_args([*wrong, "--out", str(tmp_path)])
+
+
+def test_mirror_averaging_network_reads_the_study_and_its_mirror_image():
+    torch.manual_seed(0)
+    v2, v3 = build_network("ich2d-v2").eval(), build_network("ich2d-v3").eval()
+    v3.load_state_dict(v2.state_dict())  # the same parameters, read twice
+    x = torch.rand(1, 4, 3, 64, 64)
+    plain, mirrored, both = v2(x), v2(x.flip(-1)), v3(x)
+    for key in ("logit", "slice_logits", "subtype_logits"):
+        assert torch.allclose(both[key], 0.5 * (plain[key] + mirrored[key]), atol=1e-5)
+    assert torch.allclose(both["cam"], 0.5 * (plain["cam"] + mirrored["cam"].flip(-1)), atol=1e-5)
+    assert torch.allclose(both["logit"], v3(x.flip(-1))["logit"], atol=1e-5)  # blind to which side is which
+    v3.train()
+    assert torch.allclose(v3(x)["logit"], v2.train()(x)["logit"], atol=1e-5)  # training reads once
+
+
+def test_zero_epochs_only_chooses_the_threshold_for_the_starting_weights(tmp_path: Path):
+    torch.set_num_threads(1)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    torch.save([train.make_sample(_phantom(i, i % 2 == 0)) for i in range(2)], cache / "ich-train-seed1-n2-A.pt")
+    torch.save([train.make_sample(_phantom(10 + i, i % 2 == 0)) for i in range(6)], cache / "ich-val-seed1-n6-A.pt")
+    start = tmp_path / "start.pt"
+    torch.save(build_network("ich2d-v2").state_dict(), start)
+    args = ["--finding", "ich", "--train-count", "2", "--val-count", "6", "--cache", str(cache)]
+    with pytest.raises(SystemExit):
+        train.parse_args([*args, "--epochs", "0", "--out", str(tmp_path / "x")])  # nothing to calibrate
+    out = tmp_path / "out"
+    calibrate = ["--epochs", "0", "--init", str(start), "--architecture", "ich2d-v3"]
+    summary = train.run(train.parse_args([*args, *calibrate, "--out", str(out)]))
+    saved = torch.load(out / "ich2d-v3.pt", weights_only=True)
+    assert all(torch.equal(saved[k], v) for k, v in torch.load(start, weights_only=True).items())
+    assert (summary["training"]["epochs"], summary["training"]["best_epoch"]) == (0, 0)
+    assert 0.0 < summary["threshold"] < 1.0
+    card = json.loads((out / "ich2d-v3.card.json").read_text())
+    assert card["architecture"] == "ich2d-v3"
+    assert card["threshold"] == summary["threshold"]
