@@ -155,7 +155,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "lvo3d-v1": Architecture("lvo3d-v1", "lvo", LvoNet, 2),
 }
 
-DEFAULT_ARCHITECTURE: dict[str, str] = {"ich": "ich2d-v2", "lvo": "lvo3d-v1"}
+DEFAULT_ARCHITECTURE: dict[str, str] = {"ich": "ich2d-v3", "lvo": "lvo3d-v1"}
 
 
 def build_network(architecture: str) -> nn.Module:

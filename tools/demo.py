@@ -50,8 +50,8 @@ CASES = [
     DemoCase("ncct", 9105),
     DemoCase("ncct", 9106, subtype="sah"),
     DemoCase("cta", 9203, subtype="ica_t"),
-    # Seed 9107 alone draws a 2.6 mm lens, which the shipped model often misses (its card: about half of the bleeds
-    # of size < 0.15 are found); the demo shows a typical one.
+    # Seed 9107 alone draws a 2.6 mm lens, which the shipped model may miss (its card: about a third of the bleeds
+    # of size < 0.15 are missed); the demo shows a typical one.
     DemoCase("ncct", 9107, subtype="edh", size=0.5),
 ]
 FIRST_BATCH = 5
