@@ -418,7 +418,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     cfg.out.mkdir(parents=True, exist_ok=True)
     arch = cfg.architecture or DEFAULT_ARCHITECTURE[cfg.finding]
     started = time.time()
-    train = cached(cfg, PhantomDataset(cfg.finding, cfg.seed, cfg.train_count, family=cfg.family), "train")
+    # Choosing a threshold for given weights (no epochs) needs only the validation split.
+    train_set = PhantomDataset(cfg.finding, cfg.seed, cfg.train_count, family=cfg.family)
+    train = cached(cfg, train_set, "train") if cfg.epochs > 0 else []
     val = cached(cfg, PhantomDataset(cfg.finding, cfg.seed, cfg.val_count, validation=True, family=cfg.family), "val")
     generation_s = time.time() - started
     model = build_network(arch)
@@ -534,7 +536,7 @@ def _val_auc(model: nn.Module, finding: str, val: list[dict[str, Any]]) -> float
 
 
 def _summarise(
-    model,  # noqa: ANN001
+    model: nn.Module,
     cfg: RunConfig,
     arch: str,
     val: list[dict[str, Any]],
