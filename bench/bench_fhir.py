@@ -148,8 +148,8 @@ def outbox_run(server, endpoint, results: list) -> dict:
     """This process commits reports while the worker process sends them; throughput and commit→200 latency."""
     from django.db import transaction
 
+    from triage.fhir.outbox import outbox_enqueue_report
     from triage.models import OutboxMessage, OutboxState
-    from triage.outbox import outbox_enqueue_report
 
     commits: dict[int, float] = {}
     enqueue_ms: list[float] = []
@@ -185,8 +185,8 @@ def outbox_drain(results: list) -> dict:
     """Delivery capacity: every report committed first, then one worker process started to send them all."""
     from django.db import transaction
 
+    from triage.fhir.outbox import outbox_enqueue_report
     from triage.models import OutboxMessage, OutboxState
-    from triage.outbox import outbox_enqueue_report
 
     queued = []
     for result in results:

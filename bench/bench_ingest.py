@@ -95,11 +95,11 @@ def bare_wado(dicomweb_url: str, study_uid: str, series_uid: str) -> tuple[float
 
 def worker(study_uid: str, repeats: int) -> None:
     """The ingest path in its own process, so its peak memory is the worker's alone."""
-    from triage.dicomweb import Pacs
     from triage.ingest import jobs
+    from triage.ingest.dicomweb import Pacs
     from triage.ingest.pipeline import series_volume, study_discover
+    from triage.ingest.services import study_request_triage
     from triage.models import Study
-    from triage.services import study_request_triage
 
     seconds, shape = [], None
     for _ in range(repeats):

@@ -25,7 +25,7 @@ def test_worklist_api_requires_login(api_client):
 
 @pytest.mark.django_db
 def test_readyz_is_ok_with_a_fresh_heartbeat_and_no_stalled_tasks(client):
-    from triage.services import worker_heartbeat
+    from triage.core.services import worker_heartbeat
 
     worker_heartbeat(worker_id="poller-1", kind="poll")
     response = client.get("/readyz")
@@ -39,11 +39,11 @@ def test_readyz_reports_a_stalled_task_queue(client):
     from django.utils import timezone
     from django_tasks_db.models import DBTaskResult
 
-    from triage.services import worker_heartbeat
+    from triage.core.services import worker_heartbeat
 
     worker_heartbeat(worker_id="poller-1", kind="poll")
     task = DBTaskResult.objects.create(
-        task_path="triage.tasks.example",
+        task_path="triage.ingest.tasks.example",
         args_kwargs={"args": [], "kwargs": {}},
         queue_name="default",
         backend_name="default",
@@ -84,11 +84,11 @@ def test_readyz_counts_a_scheduled_retry_from_when_it_became_due(client):
     from django.utils import timezone
     from django_tasks_db.models import DBTaskResult
 
-    from triage.services import worker_heartbeat
+    from triage.core.services import worker_heartbeat
 
     worker_heartbeat(worker_id="poller-1", kind="poll")
     task = DBTaskResult.objects.create(
-        task_path="triage.tasks.example",
+        task_path="triage.ingest.tasks.example",
         args_kwargs={"args": [], "kwargs": {}},
         queue_name="default",
         backend_name="default",

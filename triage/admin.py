@@ -13,7 +13,12 @@ from django.db import models as db_models
 from django.http import HttpRequest, HttpResponse
 
 from inference.modelcard import sha256_file
-from triage import models, services
+from triage import models
+from triage.core import audit
+from triage.core import services as core_services
+from triage.fhir.outbox import outbox_requeue
+from triage.governance import services as governance_services
+from triage.ingest.jobs import job_retry_by_admin
 
 # Values of these fields never reach the audit trail; only the fact that they changed does.
 REDACTED_FIELD_SUFFIXES = ("password", "secret", "token", "private_key")
@@ -58,7 +63,7 @@ class AuditedModelAdmin(admin.ModelAdmin):
         return _audit_snapshot(obj, self.audit_exclude)
 
     def _audit(self, request: HttpRequest, verb: str, obj: db_models.Model, changes: dict) -> None:
-        services.audit_record(
+        audit.audit_record(
             action=f"admin.{obj._meta.model_name}.{verb}",
             actor=request.user,
             obj=obj,
@@ -112,7 +117,7 @@ class TriageUserAdmin(AuditedModelAdmin, UserAdmin):
             obj.role = type(obj).objects.only("role").get(pk=obj.pk).role
         super().save_model(request, obj, form, change)
         if not change or "role" in form.changed_data:
-            services.user_role_set(user=obj, role=role, actor=request.user)
+            core_services.user_role_set(user=obj, role=role, actor=request.user)
             obj.refresh_from_db()
 
     def user_change_password(self, request: HttpRequest, id: str, form_url: str = "") -> HttpResponse:  # noqa: A002
@@ -125,12 +130,12 @@ class TriageUserAdmin(AuditedModelAdmin, UserAdmin):
     @admin.action(description="Give the admin role (staff access)")
     def make_admin(self, request: HttpRequest, queryset: Any) -> None:
         for user in queryset:
-            services.user_role_set(user=user, role=models.Role.ADMIN, actor=request.user)
+            core_services.user_role_set(user=user, role=models.Role.ADMIN, actor=request.user)
 
     @admin.action(description="Give the radiologist role (no admin access)")
     def make_radiologist(self, request: HttpRequest, queryset: Any) -> None:
         for user in queryset:
-            services.user_role_set(user=user, role=models.Role.RADIOLOGIST, actor=request.user)
+            core_services.user_role_set(user=user, role=models.Role.RADIOLOGIST, actor=request.user)
 
 
 @admin.register(models.AuditEvent)
@@ -226,7 +231,7 @@ class ModelConfigAdmin(AuditedModelAdmin):
         threshold = obj.threshold
         obj.threshold = type(obj).objects.only("threshold").get(pk=obj.pk).threshold
         super().save_model(request, obj, form, change)
-        services.model_threshold_set(model_config=obj, threshold=threshold, actor=request.user)
+        governance_services.model_threshold_set(model_config=obj, threshold=threshold, actor=request.user)
         obj.refresh_from_db()
 
 
@@ -241,13 +246,15 @@ class ThresholdOverrideAdmin(admin.ModelAdmin):
         return ("model", "source") if obj is not None else ()
 
     def save_model(self, request: HttpRequest, obj: models.ThresholdOverride, form: Any, change: bool) -> None:
-        services.model_threshold_set(
+        governance_services.model_threshold_set(
             model_config=obj.model, source=obj.source, threshold=obj.threshold, actor=request.user
         )
         obj.pk = models.ThresholdOverride.objects.get(model=obj.model, source=obj.source).pk
 
     def delete_model(self, request: HttpRequest, obj: models.ThresholdOverride) -> None:
-        services.model_threshold_set(model_config=obj.model, source=obj.source, threshold=None, actor=request.user)
+        governance_services.model_threshold_set(
+            model_config=obj.model, source=obj.source, threshold=None, actor=request.user
+        )
 
     def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
         for obj in queryset.select_related("model", "source"):
@@ -279,8 +286,6 @@ class TriageJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Triage again (failed or rejected jobs)")
     def retry(self, request: HttpRequest, queryset: Any) -> None:
-        from triage.ingest.jobs import job_retry_by_admin
-
         done = sum(job_retry_by_admin(job_id=job.pk, actor=request.user) for job in queryset)
         self.message_user(request, f"{done} queued again; {queryset.count() - done} skipped (not failed or rejected).")
 
@@ -358,8 +363,6 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     @admin.action(description="Requeue dead letters (rebuilt from current data)", permissions=["view"])
     def requeue(self, request: HttpRequest, queryset: Any) -> None:
-        from triage.outbox import outbox_requeue
-
         done = sum(outbox_requeue(message=m, actor=request.user) for m in queryset)
         skipped = queryset.count() - done
         self.message_user(request, f"{done} requeued; {skipped} skipped (not dead, or a newer version exists).")

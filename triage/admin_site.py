@@ -10,15 +10,7 @@ from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 
-
-def user_is_site_admin(user: Any) -> bool:
-    """Admins hold the admin role (or are superusers) and are staff; is_staff follows the role (user_role_set)."""
-    return bool(
-        getattr(user, "is_authenticated", False)
-        and user.is_active
-        and user.is_staff
-        and getattr(user, "is_triage_admin", False)
-    )
+from triage.core.permissions import user_is_site_admin
 
 
 class TriageAdminSite(admin.AdminSite):

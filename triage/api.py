@@ -11,8 +11,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from triage import services
-from triage.exceptions import TriageError
+from triage.core.exceptions import TriageError
+from triage.ingest import services
 
 
 class TokenCreateApi(APIView):

@@ -7,7 +7,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from triage.routing import validate_regex
+from triage.core.validators import validate_regex
 
 
 class Role(models.TextChoices):

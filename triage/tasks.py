@@ -1,16 +1,11 @@
-"""Background tasks (django-tasks, database backend). Run with ``manage.py db_worker --queue-name ingest``.
+"""Where queued tasks stored before the layered layout find their function.
 
-A task only names a job; the job row decides whether there is anything to do (see ``triage.ingest.jobs``).
+django-tasks stores each task's dotted path in its row (``triage.tasks.triage_job_process``); rows queued by an
+earlier release must still run after an upgrade.
 """
 
 from __future__ import annotations
 
-from django_tasks import task
+from triage.ingest.tasks import triage_job_process
 
-
-@task(queue_name="ingest")
-def triage_job_process(job_id: int) -> str | None:
-    """Fetch, assemble, run and record one study's triage job. A duplicate or late task finds nothing to claim."""
-    from triage.ingest.pipeline import job_process
-
-    return job_process(job_id=job_id)
+__all__ = ["triage_job_process"]

@@ -5,7 +5,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
-from triage import api, console, views
+from triage import api, views
+from triage.governance import console
 
 api_v1 = [
     path("auth/token/", api.TokenCreateApi.as_view(), name="api-token"),

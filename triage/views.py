@@ -9,7 +9,7 @@ from django.db.utils import DatabaseError
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 
-from triage.selectors import task_queue_oldest_ready_enqueued_at, worker_heartbeat_latest
+from triage.core.selectors import task_queue_oldest_ready_enqueued_at, worker_heartbeat_latest
 
 WORKER_HEARTBEAT_MAX_AGE = timedelta(seconds=60)
 TASK_QUEUE_MAX_AGE = timedelta(seconds=300)

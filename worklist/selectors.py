@@ -20,9 +20,9 @@ from django.db.models import (
 )
 from django.utils import timezone
 
-from triage.exceptions import InvalidInput, NotFound
+from triage.core.exceptions import InvalidInput, NotFound
 from triage.models import Study, TriageResult, User
-from worklist.models import ItemStatus, WorklistEventCounter, WorklistItem
+from worklist.models import Feedback, ItemStatus, WorklistEventCounter, WorklistItem
 
 OPEN_STATUSES = (ItemStatus.WAITING, ItemStatus.IN_PROGRESS)
 STATUS_FILTERS = {
@@ -180,8 +180,6 @@ def study_detail_get(*, study_instance_uid: str) -> Study:
 
 
 def feedback_by_user(*, user: User, result_ids: list[int]) -> dict[int, str]:
-    from worklist.models import Feedback
-
     rows = Feedback.objects.filter(user=user, result_id__in=result_ids).values_list("result_id", "verdict")
     return dict(rows)
 

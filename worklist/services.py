@@ -12,9 +12,10 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from triage.exceptions import Conflict, InvalidInput, NotFound
+from triage.core.audit import audit_record
+from triage.core.exceptions import Conflict, InvalidInput, NotFound
+from triage.fhir import outbox
 from triage.models import Study, TriageResult, User
-from triage.services import audit_record
 from worklist import events, notify, priority, selectors
 from worklist.models import Feedback, ItemStatus, Verdict, WorklistEventCounter, WorklistItem
 
@@ -252,8 +253,6 @@ def result_feedback_set(*, result_id: int, user: User, verdict: str, comment: st
 
 def _report_disagreement(*, result: TriageResult) -> None:
     """The EMR hears that a radiologist disagrees with the advisory finding (an amended report)."""
-    from triage import outbox
-
     outbox.outbox_enqueue_report(study=result.study, finding=result.finding, reason="radiologist_disagrees")
 
 

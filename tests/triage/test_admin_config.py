@@ -12,8 +12,9 @@ from django.test import Client
 from django.urls import reverse
 
 from tests.factories import ResultFactory, SeriesFactory, SourceFactory, StudyFactory, UserFactory
-from triage import services
 from triage.admin import AuditedModelAdmin
+from triage.core import services as core_services
+from triage.governance import services
 from triage.models import AuditEvent, FhirEndpoint, ModelConfig, OutboxMessage, RoutingRule, ThresholdOverride, User
 from worklist.models import ItemStatus, WorklistItem
 
@@ -26,7 +27,7 @@ CONFIG_MODELS = ("dicomwebsource", "fhirendpoint", "modelconfig", "routingrule",
 def site_admin(db):
     """An admin by role (not superuser): the role alone carries the permissions."""
     user = UserFactory(username="siteadmin", role="radiologist")
-    return services.user_role_set(user=user, role="admin", actor=None)
+    return core_services.user_role_set(user=user, role="admin", actor=None)
 
 
 @pytest.fixture
@@ -175,7 +176,7 @@ def test_role_change_keeps_staff_status_in_step_and_is_audited(admin_web, radiol
 
 
 def test_demoted_admin_loses_admin_access(site_admin, admin_web):
-    other = services.user_role_set(user=UserFactory(username="other"), role="admin", actor=site_admin)
+    other = core_services.user_role_set(user=UserFactory(username="other"), role="admin", actor=site_admin)
     post_change(admin_web, other, role="radiologist")
     other.refresh_from_db()
     assert (other.role, other.is_staff, other.is_superuser) == ("radiologist", False, False)
@@ -213,7 +214,7 @@ def open_result(score: float, *, source=None, status=ItemStatus.WAITING, thresho
 
 
 def test_threshold_edit_in_admin_goes_through_the_service_and_is_audited(admin_web, model_config, site_admin):
-    with mock.patch("triage.services.model_threshold_set", wraps=services.model_threshold_set) as spy:
+    with mock.patch("triage.governance.services.model_threshold_set", wraps=services.model_threshold_set) as spy:
         post_change(admin_web, model_config, threshold="0.8")
     assert spy.call_args.kwargs["threshold"] == 0.8
     event = AuditEvent.objects.get(action="model.threshold_set")
@@ -289,7 +290,7 @@ def test_threshold_change_resyncs_the_worklist_and_amends_flipped_reports(
 
 
 def test_threshold_outside_zero_to_one_is_refused(model_config, site_admin):
-    from triage.exceptions import InvalidInput
+    from triage.core.exceptions import InvalidInput
 
     with pytest.raises(InvalidInput):
         services.model_threshold_set(model_config=model_config, threshold=1.2, actor=site_admin)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from triage import charts
+from triage.governance import charts
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 
 from tests.factories import ResultFactory, SeriesFactory, StudyFactory, UserFactory
-from triage import services
+from triage.core import services
 from triage.models import AuditEvent, GroundTruth, ModelConfig
 
 pytestmark = pytest.mark.django_db

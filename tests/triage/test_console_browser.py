@@ -11,9 +11,11 @@ from django.utils import timezone
 
 from tests.factories import ResultFactory, SeriesFactory, StudyFactory, UserFactory
 from tests.worklist.test_browser import chromium, live_server_url, logged_in_page, off_loop  # noqa: F401
-from triage import fhir, services
+from triage.core import services as core_services
+from triage.fhir import resources as fhir
+from triage.fhir.delivery import outbox_deliver_due
+from triage.fhir.outbox import outbox_enqueue_report
 from triage.models import FhirEndpoint, ModelConfig
-from triage.outbox import outbox_deliver_due, outbox_enqueue_report
 from worklist.services import worklist_item_sync
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -37,7 +39,7 @@ def site_with_two_open_studies(fhir_base_url: str) -> tuple[str, str]:
 
 def admin_cookie() -> str:
     client = Client()
-    client.force_login(services.user_role_set(user=UserFactory(username="boss"), role="admin", actor=None))
+    client.force_login(core_services.user_role_set(user=UserFactory(username="boss"), role="admin", actor=None))
     return client.cookies["sessionid"].value
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from tests.triage.dicom_build import SeriesSpec, StudySpec
 from tests.triage.ingest_fixtures import proxied_source, proxy, quick_retries, upload_study  # noqa: F401
-from triage.dicomweb import Pacs, PacsNotFound, PacsRequestRejected, session_for_source
-from triage.exceptions import PacsError
+from triage.core.exceptions import PacsError
+from triage.ingest.dicomweb import Pacs, PacsNotFound, PacsRequestRejected, session_for_source
 from triage.models import DicomWebSource
 
 pytestmark = pytest.mark.django_db

@@ -9,9 +9,10 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 
 from tests.factories import ResultFactory, SeriesFactory, StudyFactory
-from triage import fhir
+from triage.fhir import resources as fhir
+from triage.fhir.delivery import outbox_deliver_due
+from triage.fhir.outbox import outbox_enqueue_report
 from triage.models import FhirEndpoint
-from triage.outbox import outbox_deliver_due, outbox_enqueue_report
 
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 PATIENT_SYSTEM = "urn:oid:1.2.3.4.5.6"

@@ -17,10 +17,10 @@ from tests.triage.ingest_fixtures import (  # noqa: F401
     quick_retries,
     upload_study,
 )
-from triage.dicomweb import Pacs
+from triage.ingest.dicomweb import Pacs
 from triage.ingest.pipeline import job_process, series_volume
+from triage.ingest.services import study_request_triage
 from triage.models import JobState, Series, TriageJob, TriageResult
-from triage.services import study_request_triage
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_settle")]
 

@@ -17,8 +17,8 @@ from tests.triage.dicom_build import SeriesSpec, StudySpec
 from tests.triage.ingest_fixtures import fake_models, no_settle, pacs_source, upload_study  # noqa: F401
 from triage.ingest.pipeline import job_process, runner_get
 from triage.ingest.poll import source_poll
+from triage.ingest.services import study_request_triage
 from triage.models import JobState, ModelConfig, TriageJob, TriageResult
-from triage.services import study_request_triage
 
 pytestmark = pytest.mark.django_db
 
@@ -102,7 +102,7 @@ def test_series_that_grows_between_routing_and_retrieval_is_requeued_not_rejecte
     no_settle,  # noqa: F811
     monkeypatch,
 ):
-    from triage.dicomweb import Pacs
+    from triage.ingest.dicomweb import Pacs
 
     spec = StudySpec(series=[SeriesSpec(slices=14)])
     upload_study(orthanc, spec, mutate=first(11))

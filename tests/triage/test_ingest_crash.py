@@ -21,8 +21,8 @@ from django.db import connection
 
 from tests.triage.dicom_build import StudySpec
 from tests.triage.ingest_fixtures import proxy, upload_study  # noqa: F401
+from triage.ingest.services import study_request_triage
 from triage.models import AuditEvent, DicomWebSource, JobState, TriageJob, TriageResult
-from triage.services import study_request_triage
 
 pytestmark = [pytest.mark.postgres_only, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from tests.factories import JobFactory, ResultFactory, SeriesFactory, StudyFactory, UserFactory
-from triage import monitoring
+from triage.governance import monitoring
 from triage.models import FhirEndpoint, GroundTruth, OutboxMessage
 from worklist.models import Feedback
 

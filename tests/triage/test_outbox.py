@@ -19,17 +19,11 @@ from django.utils import timezone
 
 from tests.factories import ResultFactory, SeriesFactory, StudyFactory
 from tools.procs import free_port
-from triage import fhir, fhirclient
+from triage.fhir import client as fhirclient
+from triage.fhir import resources as fhir
+from triage.fhir.delivery import _attempt, _claim, backoff_seconds, outbox_deliver_due
+from triage.fhir.outbox import endpoint_ensure_from_env, outbox_enqueue_report, outbox_requeue, outbox_retract
 from triage.models import AuditEvent, FhirEndpoint, OutboxMessage, OutboxState, TriageResult, WorkerHeartbeat
-from triage.outbox import (
-    _attempt,
-    _claim,
-    backoff_seconds,
-    outbox_deliver_due,
-    outbox_enqueue_report,
-    outbox_requeue,
-    outbox_retract,
-)
 from worklist.models import Feedback
 
 PATIENT_SYSTEM = "urn:oid:1.2.3.4.5.6"
@@ -122,6 +116,7 @@ def test_default_endpoint_follows_the_environment(db, settings, monkeypatch):
     settings.TRIAGE_FHIR_BASE_URL = "http://127.0.0.1:9/fhir/"
     settings.TRIAGE_FHIR_TOKEN = "secret-token"
     result = make_result()
+    endpoint_ensure_from_env()
 
     (message,) = outbox_enqueue_report(study=result.study, finding="ich")
 

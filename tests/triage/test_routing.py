@@ -10,7 +10,8 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 
-from triage.routing import (
+from triage.core.validators import validate_regex
+from triage.ingest.routing import (
     REASON_MAX_LENGTH,
     RuleSpec,
     SeriesTags,
@@ -18,7 +19,6 @@ from triage.routing import (
     default_routing_rules,
     route_series,
     series_tags_from_dicom_json,
-    validate_regex,
 )
 
 NCCT = SeriesTags(

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from inference import stats
 from tests.factories import ResultFactory, SeriesFactory, StudyFactory, UserFactory
-from triage import metrics, validation
+from triage.governance import metrics, validation
 from triage.models import AuditEvent, GroundTruth, ModelConfig
 from worklist.models import Feedback
 

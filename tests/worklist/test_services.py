@@ -11,7 +11,7 @@ from django.db import connection
 from django.utils import timezone
 
 from tests.factories import ResultFactory, SeriesFactory, StudyFactory, UserFactory
-from triage.exceptions import Conflict, InvalidInput, NotFound
+from triage.core.exceptions import Conflict, InvalidInput, NotFound
 from triage.models import AuditEvent
 from worklist import selectors, services
 from worklist.models import Feedback, ItemStatus, WorklistEventCounter, WorklistItem
@@ -295,9 +295,11 @@ def test_escalate_command_once_escalates_and_beats(make_study, settings):
 
 
 def test_disagreement_reaches_the_fhir_outbox(make_study, radiologist, settings):
+    from triage.fhir.outbox import endpoint_ensure_from_env
     from triage.models import OutboxMessage
 
     settings.TRIAGE_FHIR_BASE_URL = "http://127.0.0.1:9/fhir"
+    endpoint_ensure_from_env()
     result = make_study(ich=0.9).study.results.get()
     services.result_feedback_set(result_id=result.pk, user=radiologist, verdict="disagree")
     assert OutboxMessage.objects.filter(study=result.study, finding="ich").exists()

@@ -28,6 +28,8 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from triage.core.audit import audit_record
+from triage.ingest.tasks import triage_job_process
 from triage.models import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobState, TriageJob, User
 
 logger = logging.getLogger(__name__)
@@ -220,8 +222,6 @@ def job_requeue_grown(*, job_id: int, instance_count: int) -> bool:
     Conditional, so two pollers requeue it once. The job then waits for the study to settle like a new one, and
     ``results_record`` supersedes the current results finding by finding.
     """
-    from triage.services import audit_record
-
     now = timezone.now()
     available_at = now + timedelta(seconds=settings.TRIAGE_STUDY_SETTLE_SECONDS)
     grown = TriageJob.objects.filter(pk=job_id, state__in=FINAL_JOB_STATES, instance_count__lt=instance_count)
@@ -244,8 +244,6 @@ def job_requeue_grown(*, job_id: int, instance_count: int) -> bool:
 @transaction.atomic
 def job_retry_by_admin(*, job_id: int, actor: User) -> bool:
     """An admin asks for a failed or rejected study to be triaged again (after fixing weights, rules or the PACS)."""
-    from triage.services import audit_record
-
     now = timezone.now()
     retried = TriageJob.objects.filter(pk=job_id, state__in=(JobState.FAILED, JobState.REJECTED))
     previous = retried.values_list("state", "error_code").first()
@@ -270,8 +268,6 @@ def job_enqueue_on_commit(*, job_id: int, run_after: datetime | None = None) -> 
 
 def job_enqueue(*, job_id: int, run_after: datetime | None = None) -> str:
     """Put a task for the job on the ingest queue and remember its id (the sweeper checks it is still waiting)."""
-    from triage.tasks import triage_job_process
-
     task = triage_job_process.using(run_after=run_after) if run_after is not None else triage_job_process
     result = task.enqueue(job_id)
     TriageJob.objects.filter(pk=job_id).update(task_id=str(result.id))
@@ -281,8 +277,6 @@ def job_enqueue(*, job_id: int, run_after: datetime | None = None) -> str:
 def _task_waiting(task_id: str) -> bool:
     from django_tasks.base import TaskResultStatus
     from django_tasks.exceptions import TaskResultDoesNotExist
-
-    from triage.tasks import triage_job_process
 
     if not task_id:
         return False

@@ -40,7 +40,11 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from triage.dicomweb import (
+from triage.core.audit import audit_record
+from triage.core.exceptions import PacsError
+from triage.core.selectors import model_config_for, threshold_for
+from triage.ingest import jobs
+from triage.ingest.dicomweb import (
     NUMBER_OF_SERIES_INSTANCES,
     Pacs,
     PacsNotFound,
@@ -49,10 +53,10 @@ from triage.dicomweb import (
     json_int,
     json_value,
 )
-from triage.exceptions import PacsError
-from triage.ingest import jobs
+from triage.ingest.routing import default_routing_rules, route_series, series_tags_from_dicom_json
+from triage.ingest.services import results_record
 from triage.ingest.tags import series_defaults, study_tags_apply
-from triage.models import JobState, Series, Study, TriageJob
+from triage.models import JobState, RoutingRule, Series, Study, TriageJob
 
 logger = logging.getLogger(__name__)
 
@@ -243,8 +247,6 @@ def _modality(item: dict) -> str:
 @transaction.atomic
 def _series_store(*, study: Study, series_json: dict, instance: dict) -> Series:
     """Upsert the series with its tags and its routing decision (kept for every series, routed or not)."""
-    from triage.routing import route_series, series_tags_from_dicom_json
-
     tags = series_tags_from_dicom_json({}, series_json, instance)
     decision = route_series(series=tags, rules=routing_rules())
     defaults = {
@@ -261,9 +263,6 @@ def _series_store(*, study: Study, series_json: dict, instance: dict) -> Series:
 
 def routing_rules() -> list:
     """The admins' rules; the shipped defaults only while the table is empty (disabled rules stay disabled)."""
-    from triage.models import RoutingRule
-    from triage.routing import default_routing_rules
-
     rules = list(RoutingRule.objects.all())
     return rules or default_routing_rules()
 
@@ -371,8 +370,6 @@ def series_triage(
 
 def series_runner(*, finding: str) -> Any:
     """The finding's loaded model as configured; None when an admin disabled it. Raises ModelUnavailable."""
-    from triage.selectors import model_config_for
-
     config = model_config_for(finding=finding)
     if config is not None and not config.enabled:
         return None
@@ -385,8 +382,6 @@ def series_runner(*, finding: str) -> Any:
 
 def series_infer(*, study: Study, runner: Any, volume: Any) -> Any:
     """Run the model; the threshold in force for the study's source decides ``positive``."""
-    from triage.selectors import threshold_for
-
     output = runner.run(volume.hu, volume.spacing_mm)
     threshold = threshold_for(finding=runner.finding, source=study.source)
     if threshold is None:
@@ -458,8 +453,6 @@ def _job_conclude(job: TriageJob, owner: str, timings: dict[str, float], outcome
 def _job_retry_models(job: TriageJob, owner: str, timings: dict[str, float], outcome: Outcome) -> str:
     """Some model could not be loaded. The findings that could be run are recorded now (a missing LVO model must
     not hold back a bleed), and the job is retried later for the rest; at the attempt limit it ends as it stands."""
-    from triage.services import results_record
-
     err = outcome.unavailable[0]
     message = " ".join(e.message for e in outcome.unavailable)
     logger.warning("job %s: %s", job.pk, message)
@@ -485,8 +478,6 @@ def _job_end(
     record: list | None = None,
 ) -> str:
     """Final state, and results when ``record`` is given, in one transaction that checks the lease is still ours."""
-    from triage.services import audit_record, results_record
-
     with transaction.atomic():
         jobs.job_lock_held(job=job, owner=owner)
         if record is not None:

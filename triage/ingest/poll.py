@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.utils import timezone
 
-from triage.dicomweb import NUMBER_OF_STUDY_INSTANCES, Pacs, json_int, json_value
-from triage.exceptions import TriageError
+from triage.core.exceptions import TriageError
+from triage.ingest.dicomweb import NUMBER_OF_STUDY_INSTANCES, Pacs, json_int, json_value
+from triage.ingest.jobs import job_requeue_grown
+from triage.ingest.services import study_request_triage
 from triage.models import FINAL_JOB_STATES, DicomWebSource, Study, TriageJob
 
 logger = logging.getLogger(__name__)
@@ -87,7 +89,6 @@ def _uids(items: list[dict]) -> list[str]:
 
 
 def _queue_new(source: DicomWebSource, items: list[dict], report: PollReport) -> None:
-    from triage.services import study_request_triage
 
     uids = _uids(items)
     known = set(Study.objects.filter(study_instance_uid__in=uids).values_list("study_instance_uid", flat=True))
@@ -102,8 +103,6 @@ def _queue_new(source: DicomWebSource, items: list[dict], report: PollReport) ->
 
 def _requeue_grown(items: list[dict], report: PollReport) -> None:
     """Queue again the finished studies that the PACS now holds more instances of than their job saw."""
-    from triage.ingest.jobs import job_requeue_grown
-
     counts = {json_value(item, STUDY_UID): json_int(item, NUMBER_OF_STUDY_INSTANCES) for item in items}
     counts = {uid: count for uid, count in counts.items() if uid and count}
     finished = TriageJob.objects.filter(
@@ -172,8 +171,5 @@ def _source_save_poll(*, source: DicomWebSource, cursor: dict, error: str) -> No
 
 
 def sources_poll() -> dict[str, PollReport]:
-    """Poll every enabled source (the default one from the environment included)."""
-    from triage.services import source_get_default
-
-    source_get_default()
+    """Poll every enabled source (the default one from the environment is ensured at start-up)."""
     return {source.name: source_poll(source=source) for source in DicomWebSource.objects.filter(enabled=True)}

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from triage.dicomweb import json_value, json_values
+from triage.ingest.dicomweb import json_value, json_values
 from triage.models import Study
 
 # Requested Procedure Priority values (PS3.3 C.4.11): STAT, HIGH, ROUTINE, MEDIUM, LOW.

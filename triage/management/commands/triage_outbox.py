@@ -13,8 +13,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
-from triage.outbox import endpoints_enabled, outbox_backfill, outbox_deliver_due
-from triage.services import worker_heartbeat
+from triage.core.services import worker_heartbeat
+from triage.fhir.delivery import outbox_deliver_due
+from triage.fhir.outbox import endpoint_ensure_from_env, endpoints_enabled, outbox_backfill
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, once: bool, batch: int, idle: float, backfill: bool, **options: Any) -> None:
+        endpoint_ensure_from_env()
         if backfill:
             for endpoint in endpoints_enabled():
                 while queued := outbox_backfill(endpoint=endpoint):

@@ -12,10 +12,11 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
+from triage.core.services import worker_heartbeat
 from triage.ingest.jobs import jobs_sweep
 from triage.ingest.pipeline import worker_identity
 from triage.ingest.poll import sources_poll
-from triage.services import worker_heartbeat
+from triage.ingest.services import source_ensure_from_env
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Command(BaseCommand):
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, lambda *_: stop.set())
         worker_id = f"poll:{worker_identity()}"
+        source_ensure_from_env()
         while not stop.is_set():
             if not once:
                 close_old_connections()  # a long-running loop drops broken or expired connections, as a request would

@@ -8,7 +8,9 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from triage.routing import routing_seed_defaults
+from triage.fhir.outbox import endpoint_ensure_from_env
+from triage.ingest.routing import routing_seed_defaults
+from triage.ingest.services import source_ensure_from_env
 
 
 class Command(BaseCommand):
@@ -34,6 +36,10 @@ class Command(BaseCommand):
             report = routing_seed_defaults(weights_dir=directory, reset=reset)
         except ValueError as err:
             raise CommandError(str(err)) from err
+        source, endpoint = source_ensure_from_env(), endpoint_ensure_from_env()
+        for label, row in (("source", source), ("FHIR endpoint", endpoint)):
+            if row is not None:
+                self.stdout.write(f"from the environment: {label} {row.name}")
         for outcome in ("created", "updated", "unchanged"):
             for label in report[outcome]:
                 self.stdout.write(f"{outcome}: {label}")

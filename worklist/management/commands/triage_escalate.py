@@ -11,7 +11,7 @@ import threading
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
-from triage.services import worker_heartbeat
+from triage.core.services import worker_heartbeat
 from worklist.services import worklist_items_escalate
 
 logger = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from django.db.models import Count, Min
 from django.utils import timezone
 
 from inference import stats
-from triage import metrics
+from triage.governance import metrics
+from triage.governance.validation import baseline_scores
 from triage.models import (
     ACTIVE_JOB_STATES,
     JobState,
@@ -26,7 +27,7 @@ from triage.models import (
     TriageJob,
     TriageResult,
 )
-from triage.validation import baseline_scores
+from worklist.models import Feedback
 
 PERIODS = {"day": 28, "week": 12}  # buckets shown per period
 MIN_BASELINE = 30
@@ -176,8 +177,6 @@ def drift_report(*, finding: str, period: str, model_version: str | None = None,
 
 def agreement_table(*, finding: str, period: str, now: datetime | None = None) -> Table:
     """Share of agree among agree + disagree verdicts on the finding, with its Wilson interval."""
-    from worklist.models import Feedback
-
     rows = Feedback.objects.filter(result__finding=finding, created_at__gte=window_start(period, now)).values_list(
         "created_at", "verdict"
     )

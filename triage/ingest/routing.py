@@ -33,8 +33,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from django.core.exceptions import ValidationError
 from django.db import transaction
+
+from triage.core.audit import audit_record
+from triage.models import ModelConfig, RoutingRule
 
 logger = logging.getLogger(__name__)
 
@@ -249,14 +251,6 @@ def _clip(text: str) -> str:
     return text if len(text) <= REASON_MAX_LENGTH else text[: REASON_MAX_LENGTH - 1] + "…"
 
 
-def validate_regex(value: str) -> None:
-    """Model field validator: admins get the regex error in the form instead of a routing failure later."""
-    try:
-        re.compile(value, re.IGNORECASE)
-    except re.error as err:
-        raise ValidationError(f"Not a valid regular expression: {err}") from err
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # DICOM JSON (QIDO-RS results, WADO-RS metadata)
 # ---------------------------------------------------------------------------------------------------------------
@@ -439,8 +433,6 @@ def routing_seed_defaults(*, weights_dir: Path | None, reset: bool = False) -> d
     A model configuration that uses the shipped weights (no ``weights_path``) follows the shipped model card's name,
     version and SHA-256; its threshold is kept, since admins tune it locally, unless ``reset`` is given.
     """
-    from triage.services import audit_record
-
     report: dict[str, list[str]] = {"created": [], "updated": [], "unchanged": []}
     for spec in default_routing_rules():
         _seed_rule(spec, reset=reset, report=report)
@@ -453,8 +445,6 @@ def routing_seed_defaults(*, weights_dir: Path | None, reset: bool = False) -> d
 
 
 def _seed_rule(spec: RuleSpec, *, reset: bool, report: dict[str, list[str]]) -> None:
-    from triage.models import RoutingRule
-
     values = {k: v for k, v in asdict(spec).items() if k != "name"}
     rule, created = RoutingRule.objects.get_or_create(name=spec.name, defaults=values)
     label = f"rule '{spec.name}'"
@@ -468,8 +458,6 @@ def _seed_rule(spec: RuleSpec, *, reset: bool, report: dict[str, list[str]]) -> 
 
 
 def _seed_model(defaults: ModelDefaults, *, reset: bool, report: dict[str, list[str]]) -> None:
-    from triage.models import ModelConfig
-
     shipped = {"name": defaults.name, "version": defaults.version, "weights_sha256": defaults.sha256}
     config, created = ModelConfig.objects.get_or_create(
         finding=defaults.finding, defaults={**shipped, "threshold": defaults.threshold}

@@ -21,7 +21,7 @@ from dicomweb_client.protocol import DICOMClient
 from django.conf import settings
 from pydicom import Dataset
 
-from triage.exceptions import PacsError, TriageError
+from triage.core.exceptions import PacsError, TriageError
 from triage.models import DicomWebSource
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from django.db.models import Count, Min
 from django.utils import timezone
 
 from inference import stats
-from triage import metrics
+from triage.core.audit import audit_record
+from triage.governance import metrics
 from triage.models import (
     Finding,
     GroundTruth,
@@ -30,7 +31,7 @@ from triage.models import (
     TriageResult,
     User,
 )
-from triage.services import audit_record
+from worklist.models import Feedback, Verdict
 
 LABEL_VALUES = {"1": True, "true": True, "positive": True, "0": False, "false": False, "negative": False}
 GROUND_TRUTH_PRECEDENCE = (GroundTruthSource.CSV, GroundTruthSource.REPORT, GroundTruthSource.FEEDBACK)
@@ -198,8 +199,6 @@ def ground_truth_from_feedback(*, finding: str | None = None, actor: User | None
     label taken here is kept (not recomputed from a later flag) unless newer feedback arrives. Unsure is ignored;
     the latest verdict per study and finding wins. Returns the number of labels created or changed.
     """
-    from worklist.models import Feedback, Verdict
-
     feedback = Feedback.objects.filter(verdict__in=[Verdict.AGREE, Verdict.DISAGREE]).select_related("result")
     if finding:
         feedback = feedback.filter(result__finding=finding)

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from triage.exceptions import TriageError
+from triage.core.exceptions import TriageError
 from triage.models import Finding, Series, Study, TriageResult
 
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:ct-triage:fhir")

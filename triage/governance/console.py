@@ -21,9 +21,9 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
-from triage import charts, monitoring, services, validation
-from triage.admin_site import user_is_site_admin
-from triage.exceptions import TriageError
+from triage.core.exceptions import TriageError
+from triage.core.permissions import user_is_site_admin
+from triage.governance import charts, monitoring, services, validation
 from triage.models import DicomWebSource, Finding, ModelConfig
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024

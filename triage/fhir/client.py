@@ -19,8 +19,8 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from triage.env import env_str
-from triage.exceptions import TriageError
+from triage.core.env import env_str
+from triage.core.exceptions import TriageError
 from triage.models import FhirAuth, FhirEndpoint
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,15 @@
+"""Who may do what: the one definition of a site admin that the admin site and the console share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def user_is_site_admin(user: Any) -> bool:
+    """Admins hold the admin role (or are superusers) and are staff; is_staff follows the role (user_role_set)."""
+    return bool(
+        getattr(user, "is_authenticated", False)
+        and user.is_active
+        and user.is_staff
+        and getattr(user, "is_triage_admin", False)
+    )

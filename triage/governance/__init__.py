@@ -1,0 +1,1 @@
+"""Governance: local validation, monitoring, metrics, charts and the admin console."""
