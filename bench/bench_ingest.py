@@ -46,7 +46,7 @@ def setup_django(sqlite_path: Path) -> None:
     django.setup()
 
 
-def upload_series(orthanc) -> tuple[str, str, list[str]]:  # noqa: ANN001
+def upload_series(orthanc) -> tuple[str, str, list[str]]:
     """A synthetic head CT series; returns its study and series UIDs and Orthanc's instance ids."""
     import numpy as np
     import requests

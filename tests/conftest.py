@@ -13,7 +13,7 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def fast_password_hashing(settings):  # noqa: ANN001, ANN201
+def fast_password_hashing(settings):
     """PBKDF2's deliberate slowness costs about a second per test user; tests need no strong hashes."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
@@ -34,7 +34,7 @@ def orthanc_server(service_dir: Path) -> Iterator:
 
 
 @pytest.fixture
-def orthanc(orthanc_server):  # noqa: ANN001, ANN201
+def orthanc(orthanc_server):
     orthanc_server.clear()
     return orthanc_server
 
@@ -59,34 +59,34 @@ def fhir_server(service_dir: Path) -> Iterator:
 
 
 @pytest.fixture
-def radiologist(db):  # noqa: ANN001, ANN201
+def radiologist(db):
     from tests.factories import UserFactory
 
     return UserFactory(username="rad1", role="radiologist")
 
 
 @pytest.fixture
-def admin_user(db):  # noqa: ANN001, ANN201
+def admin_user(db):
     from tests.factories import UserFactory
 
     return UserFactory(username="admin1", role="admin", is_staff=True, is_superuser=True)
 
 
 @pytest.fixture
-def api_client():  # noqa: ANN201
+def api_client():
     from rest_framework.test import APIClient
 
     return APIClient()
 
 
 @pytest.fixture
-def radiologist_client(api_client, radiologist):  # noqa: ANN001, ANN201
+def radiologist_client(api_client, radiologist):
     api_client.force_authenticate(radiologist)
     return api_client
 
 
 @pytest.fixture
-def admin_client_api(admin_user):  # noqa: ANN001, ANN201
+def admin_client_api(admin_user):
     from rest_framework.test import APIClient
 
     client = APIClient()

@@ -103,7 +103,7 @@ def feed_pacs(orthanc: OrthancServer, stop: threading.Event) -> None:
                 stop.wait(max(0.0, TRICKLE_SECONDS - (time.monotonic() - started)))
 
 
-def start_fhir_server(directory: Path):  # noqa: ANN201 - optional component
+def start_fhir_server(directory: Path):
     if not (ROOT / "tools" / "fhir-server" / "node_modules").exists():
         print("demo: no FHIR server (run `make fhir-server`); reports wait in the outbox", flush=True)
         return None

@@ -13,7 +13,7 @@ from tests.triage.dicom_build import StudySpec, study_datasets, to_bytes
 from tests.triage.pacs_proxy import PacsProxy
 
 
-def upload_study(orthanc, spec: StudySpec, *, mutate: Callable | None = None) -> StudySpec:  # noqa: ANN001
+def upload_study(orthanc, spec: StudySpec, *, mutate: Callable | None = None) -> StudySpec:
     """Store a synthetic study in Orthanc; ``mutate(index, dataset)`` may alter or drop (return None) an instance."""
     for index, ds in enumerate(study_datasets(spec)):
         if mutate is not None:
@@ -62,7 +62,7 @@ class FakeRunner:
 
 
 @pytest.fixture
-def fake_models(monkeypatch):  # noqa: ANN001, ANN201
+def fake_models(monkeypatch):
     """In-process tests: a deterministic stand-in for the networks (the runner has its own tests)."""
     from triage.ingest import pipeline
 
@@ -73,28 +73,28 @@ def fake_models(monkeypatch):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def pacs_source(db, orthanc):  # noqa: ANN001, ANN201
+def pacs_source(db, orthanc):
     from triage.models import DicomWebSource
 
     return DicomWebSource.objects.create(name="pacs", url=orthanc.dicomweb_url)
 
 
 @pytest.fixture
-def proxy(orthanc_server) -> Iterator[PacsProxy]:  # noqa: ANN001
+def proxy(orthanc_server) -> Iterator[PacsProxy]:
     server = PacsProxy(orthanc_server.url).start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def proxied_source(db, orthanc, proxy):  # noqa: ANN001, ANN201
+def proxied_source(db, orthanc, proxy):
     from triage.models import DicomWebSource
 
     return DicomWebSource.objects.create(name="pacs", url=proxy.dicomweb_url)
 
 
 @pytest.fixture
-def quick_retries(settings):  # noqa: ANN001, ANN201
+def quick_retries(settings):
     """Backoffs short enough for a test, the same code paths as production."""
     settings.TRIAGE_PACS_RETRY_BASE_SECONDS = 0.0
     settings.TRIAGE_PACS_HTTP_ATTEMPTS = 3
@@ -103,7 +103,7 @@ def quick_retries(settings):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture
-def no_settle(settings):  # noqa: ANN001, ANN201
+def no_settle(settings):
     """Studies uploaded whole before their job runs: nothing to wait for (the settle tests set their own)."""
     settings.TRIAGE_STUDY_SETTLE_SECONDS = 0
     return settings

@@ -76,7 +76,7 @@ class PacsProxy:
             def log_message(self, *args: object) -> None:
                 return
 
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            def do_GET(self) -> None:
                 faults = proxy.faults
                 faults.seen.append(self.path)
                 if is_retrieval(self.path):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def study(orthanc) -> StudySpec:  # noqa: ANN001
+def study(orthanc) -> StudySpec:
     return upload_study(orthanc, StudySpec(series=[SeriesSpec(slices=3, size=8)]))
 
 

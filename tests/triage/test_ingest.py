@@ -62,29 +62,29 @@ def test_study_without_a_routable_series_is_done_with_a_visible_reason(orthanc, 
     assert fake_models.calls == []
 
 
-def drop_pixels(index, ds):  # noqa: ANN001, ANN201
+def drop_pixels(index, ds):
     if index == 3:
         del ds.PixelData
     return ds
 
 
-def truncate_pixels(index, ds):  # noqa: ANN001, ANN201
+def truncate_pixels(index, ds):
     if index == 3:
         ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
     return ds
 
 
-def tilt_one(index, ds):  # noqa: ANN001, ANN201
+def tilt_one(index, ds):
     if index == 3:
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0]
     return ds
 
 
-def drop_middle(index, ds):  # noqa: ANN001, ANN201
+def drop_middle(index, ds):
     return None if index == 5 else ds
 
 
-def duplicate_position(index, ds):  # noqa: ANN001, ANN201
+def duplicate_position(index, ds):
     if index == 4:
         ds.ImagePositionPatient = [-64.0, -64.0, 3 * 5.0]
     return ds

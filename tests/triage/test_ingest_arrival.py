@@ -38,11 +38,11 @@ def make_due(job: TriageJob, *, settled_for: float = 0.0) -> None:
     TriageJob.objects.filter(pk=job.pk).update(**changes)
 
 
-def first(n: int):  # noqa: ANN201
+def first(n: int):
     return lambda index, ds: ds if index < n else None
 
 
-def after(n: int):  # noqa: ANN201
+def after(n: int):
     return lambda index, ds: ds if index >= n else None
 
 
@@ -108,7 +108,7 @@ def test_series_that_grows_between_routing_and_retrieval_is_requeued_not_rejecte
     upload_study(orthanc, spec, mutate=first(11))
     retrieve = Pacs.retrieve_series
 
-    def rest_arrives_first(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def rest_arrives_first(self, *args, **kwargs):
         monkeypatch.setattr(Pacs, "retrieve_series", retrieve)
         upload_study(orthanc, spec, mutate=after(11))
         return retrieve(self, *args, **kwargs)
@@ -169,7 +169,7 @@ def untrained_weights_at(path: Path) -> None:
 
 
 @pytest.fixture
-def ich_weights_missing(db, tmp_path: Path) -> Path:  # noqa: ANN001
+def ich_weights_missing(db, tmp_path: Path) -> Path:
     path = tmp_path / "ich_site.pt"
     ModelConfig.objects.create(finding="ich", name="ich2d", version="1", weights_path=str(path), threshold=0.5)
     return path

@@ -90,7 +90,7 @@ def all_final(count: int) -> bool:
     return TriageJob.objects.filter(state__in=[JobState.DONE, JobState.REJECTED, JobState.FAILED]).count() == count
 
 
-def wait_for(check, *, timeout: float) -> bool:  # noqa: ANN001
+def wait_for(check, *, timeout: float) -> bool:
     """Wait on a database condition that another process makes true (no event crosses the process boundary)."""
     done = threading.Event()
     deadline = timeout

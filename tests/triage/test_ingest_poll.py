@@ -14,7 +14,7 @@ from triage.models import JobState, Study, TriageJob
 pytestmark = pytest.mark.django_db
 
 
-def tiny(**kwargs) -> StudySpec:  # noqa: ANN003
+def tiny(**kwargs) -> StudySpec:
     return StudySpec(series=[SeriesSpec(slices=1, size=8)], **kwargs)
 
 
@@ -69,7 +69,7 @@ def test_study_arriving_late_with_an_old_study_date_is_found_by_the_sweep(orthan
 def test_only_ct_studies_are_queued(orthanc, pacs_source):  # noqa: F811
     ct = upload_study(orthanc, tiny())
 
-    def as_mr(index, ds):  # noqa: ANN001, ANN202
+    def as_mr(index, ds):
         ds.Modality = "MR"
         return ds
 

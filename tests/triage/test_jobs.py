@@ -140,7 +140,7 @@ def test_unexpected_error_fails_the_job_without_patient_data(monkeypatch, caplog
     job.study.patient_name = "Doe^Jane"
     job.study.save()
 
-    def explode(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def explode(*args, **kwargs):
         raise ValueError("Doe^Jane broke it")
 
     monkeypatch.setattr(pipeline, "_job_run", explode)

@@ -76,7 +76,7 @@ def outbox_kick() -> None:
     _last_kick = now
     try:
         outbox_deliver_task.enqueue()
-    except Exception:  # noqa: BLE001 - best effort: the message is committed and the loop will deliver it
+    except Exception:
         logger.warning("Could not enqueue the outbox delivery task; the outbox loop will deliver", exc_info=True)
 
 

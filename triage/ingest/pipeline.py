@@ -136,7 +136,7 @@ def job_process(*, job_id: int, owner: str | None = None) -> str | None:
         )
     except StudyUnsettled as err:
         return _job_wait_after_change(job, owner, timings, err)
-    except Exception as err:  # the worker's loop boundary: record, never crash, never log patient data
+    except Exception as err:  # noqa: BLE001 - the worker's loop boundary: record, never crash, never log patient data
         logger.error("job %s failed with an unexpected %s", job_id, type(err).__name__)
         jobs.job_finish(
             job=job,

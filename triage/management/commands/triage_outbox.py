@@ -61,14 +61,14 @@ class Command(BaseCommand):
     def _beat(self, worker_id: str) -> float:
         try:
             worker_heartbeat(worker_id=worker_id, kind="outbox")
-        except Exception as err:  # the loop boundary: the next beat may succeed
+        except Exception as err:  # noqa: BLE001 - the loop boundary: the next beat may succeed
             logger.error("outbox heartbeat failed with %s", type(err).__name__)
         return time.monotonic()
 
     def _round(self, *, worker_id: str, batch: int) -> int:
         try:
             summary = outbox_deliver_due(limit=batch, worker_id=worker_id)
-        except Exception as err:  # the loop boundary: log the type (never payloads) and try again next round
+        except Exception as err:  # noqa: BLE001 - the loop boundary: log the type (never payloads) and try again next round
             close_old_connections()
             logger.error("outbox round failed with %s", type(err).__name__)
             return 0

@@ -53,7 +53,7 @@ class Command(BaseCommand):
                     if report.queued:
                         logger.info("source %s: %d new study(ies) queued", name, len(report.queued))
             jobs_sweep()
-        except Exception as err:  # the loop boundary: log the type (never payloads) and try again next cycle
+        except Exception as err:  # noqa: BLE001 - the loop boundary: log the type (never payloads) and try again next cycle
             logger.error("poll cycle failed with %s", type(err).__name__)
 
     def _wait(self, stop: threading.Event, worker_id: str) -> None:

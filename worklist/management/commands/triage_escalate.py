@@ -41,7 +41,7 @@ class Command(BaseCommand):
         try:
             worker_heartbeat(worker_id=worker_id, kind="escalate")
             escalated = worklist_items_escalate()
-        except Exception:  # noqa: BLE001 - the loop boundary: record and try again next round
+        except Exception:
             logger.exception("escalation round failed")
             return
         if escalated:
