@@ -120,8 +120,8 @@ def _overlay_heatmap(rgb: np.ndarray, heatmap: np.ndarray, extent: list[int]) ->
     y0, x0, y1, x1 = extent
     if y1 <= y0 or x1 <= x0:
         return
-    heat = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))[None, None]
-    heat = F.interpolate(heat, size=(y1 - y0, x1 - x0), mode="bilinear")[0, 0].numpy()
+    small = torch.from_numpy(np.asarray(heatmap, dtype=np.float32))[None, None]
+    heat = F.interpolate(small, size=(y1 - y0, x1 - x0), mode="bilinear")[0, 0].numpy()
     alpha = np.clip((heat - 0.3) / 0.7, 0.0, 1.0)[..., None] * 0.6
     region = rgb[y0:y1, x0:x1]
     region[:] = region * (1.0 - alpha) + _heat_colour(heat) * alpha

@@ -16,6 +16,7 @@ from inference.modelcard import sha256_file
 from triage import models
 from triage.core import audit
 from triage.core import services as core_services
+from triage.core.permissions import request_user
 from triage.fhir.outbox import outbox_requeue
 from triage.governance import services as governance_services
 from triage.ingest.jobs import job_retry_by_admin
@@ -65,12 +66,12 @@ class AuditedModelAdmin(admin.ModelAdmin):
     def _audit(self, request: HttpRequest, verb: str, obj: db_models.Model, changes: dict) -> None:
         audit.audit_record(
             action=f"admin.{obj._meta.model_name}.{verb}",
-            actor=request.user,
+            actor=request_user(request),
             obj=obj,
             data={"changes": changes},
         )
 
-    def save_model(self, request: HttpRequest, obj: db_models.Model, form: Any, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         stored = type(obj)._default_manager.filter(pk=obj.pk).first() if change else None
         request._audit_before = self._snapshot(stored) if stored is not None else {}  # type: ignore[attr-defined]
         super().save_model(request, obj, form, change)
@@ -117,7 +118,7 @@ class TriageUserAdmin(AuditedModelAdmin, UserAdmin):
             obj.role = type(obj).objects.only("role").get(pk=obj.pk).role
         super().save_model(request, obj, form, change)
         if not change or "role" in form.changed_data:
-            core_services.user_role_set(user=obj, role=role, actor=request.user)
+            core_services.user_role_set(user=obj, role=role, actor=request_user(request))
             obj.refresh_from_db()
 
     def user_change_password(self, request: HttpRequest, id: str, form_url: str = "") -> HttpResponse:  # noqa: A002
@@ -130,12 +131,12 @@ class TriageUserAdmin(AuditedModelAdmin, UserAdmin):
     @admin.action(description="Give the admin role (staff access)")
     def make_admin(self, request: HttpRequest, queryset: Any) -> None:
         for user in queryset:
-            core_services.user_role_set(user=user, role=models.Role.ADMIN, actor=request.user)
+            core_services.user_role_set(user=user, role=models.Role.ADMIN, actor=request_user(request))
 
     @admin.action(description="Give the radiologist role (no admin access)")
     def make_radiologist(self, request: HttpRequest, queryset: Any) -> None:
         for user in queryset:
-            core_services.user_role_set(user=user, role=models.Role.RADIOLOGIST, actor=request.user)
+            core_services.user_role_set(user=user, role=models.Role.RADIOLOGIST, actor=request_user(request))
 
 
 @admin.register(models.AuditEvent)
@@ -201,7 +202,7 @@ class ModelConfigForm(forms.ModelForm):
         fields = ("finding", "enabled", "name", "version", "weights_path", "weights_sha256", "threshold")
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         path, digest = data.get("weights_path", ""), (data.get("weights_sha256") or "").lower()
         if digest and not re.fullmatch(r"[0-9a-f]{64}", digest):
             self.add_error("weights_sha256", "A SHA-256 is 64 hexadecimal characters.")
@@ -231,7 +232,7 @@ class ModelConfigAdmin(AuditedModelAdmin):
         threshold = obj.threshold
         obj.threshold = type(obj).objects.only("threshold").get(pk=obj.pk).threshold
         super().save_model(request, obj, form, change)
-        governance_services.model_threshold_set(model_config=obj, threshold=threshold, actor=request.user)
+        governance_services.model_threshold_set(model_config=obj, threshold=threshold, actor=request_user(request))
         obj.refresh_from_db()
 
 
@@ -247,13 +248,13 @@ class ThresholdOverrideAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: models.ThresholdOverride, form: Any, change: bool) -> None:
         governance_services.model_threshold_set(
-            model_config=obj.model, source=obj.source, threshold=obj.threshold, actor=request.user
+            model_config=obj.model, source=obj.source, threshold=obj.threshold, actor=request_user(request)
         )
         obj.pk = models.ThresholdOverride.objects.get(model=obj.model, source=obj.source).pk
 
     def delete_model(self, request: HttpRequest, obj: models.ThresholdOverride) -> None:
         governance_services.model_threshold_set(
-            model_config=obj.model, source=obj.source, threshold=None, actor=request.user
+            model_config=obj.model, source=obj.source, threshold=None, actor=request_user(request)
         )
 
     def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
@@ -270,7 +271,7 @@ class GroundTruthAdmin(AuditedModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: models.GroundTruth, form: Any, change: bool) -> None:
         if not change:
-            obj.imported_by = request.user
+            obj.imported_by = request_user(request)
         super().save_model(request, obj, form, change)
 
 
@@ -286,7 +287,7 @@ class TriageJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Triage again (failed or rejected jobs)")
     def retry(self, request: HttpRequest, queryset: Any) -> None:
-        done = sum(job_retry_by_admin(job_id=job.pk, actor=request.user) for job in queryset)
+        done = sum(job_retry_by_admin(job_id=job.pk, actor=request_user(request)) for job in queryset)
         self.message_user(request, f"{done} queued again; {queryset.count() - done} skipped (not failed or rejected).")
 
 
@@ -363,6 +364,6 @@ class OutboxMessageAdmin(admin.ModelAdmin):
 
     @admin.action(description="Requeue dead letters (rebuilt from current data)", permissions=["view"])
     def requeue(self, request: HttpRequest, queryset: Any) -> None:
-        done = sum(outbox_requeue(message=m, actor=request.user) for m in queryset)
+        done = sum(outbox_requeue(message=m, actor=request_user(request)) for m in queryset)
         skipped = queryset.count() - done
         self.message_user(request, f"{done} requeued; {skipped} skipped (not dead, or a newer version exists).")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 
 from triage.core.permissions import user_is_site_admin
+
+_View = TypeVar("_View", bound=Callable[..., Any])
 
 
 class TriageAdminSite(admin.AdminSite):
@@ -21,7 +23,7 @@ class TriageAdminSite(admin.AdminSite):
     def has_permission(self, request: HttpRequest) -> bool:
         return user_is_site_admin(request.user)
 
-    def admin_view(self, view: Callable, cacheable: bool = False) -> Callable:
+    def admin_view(self, view: _View, cacheable: bool = False) -> _View:
         inner = super().admin_view(view, cacheable)
 
         @wraps(view)
@@ -31,7 +33,7 @@ class TriageAdminSite(admin.AdminSite):
                 raise PermissionDenied
             return inner(request, *args, **kwargs)
 
-        return guarded
+        return cast(_View, guarded)
 
     def login(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         if request.user.is_authenticated and not self.has_permission(request):

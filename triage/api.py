@@ -12,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from triage.core.exceptions import TriageError
+from triage.core.permissions import request_user
 from triage.ingest import services
 
 
@@ -40,7 +41,10 @@ class TokenCreateApi(APIView):
 class StudyNotifyApi(APIView):
     class InputSerializer(serializers.Serializer):
         study_instance_uid = serializers.RegexField(r"^[0-9.]{1,64}$")
-        source = serializers.CharField(required=False, help_text="Source name; the default source if omitted")
+        # The wire name is "source", which DRF's Field also uses for an attribute of its own.
+        source = serializers.CharField(  # type: ignore[assignment]
+            required=False, help_text="Source name; the default source if omitted"
+        )
 
     class OutputSerializer(serializers.Serializer):
         study_instance_uid = serializers.CharField()
@@ -53,7 +57,7 @@ class StudyNotifyApi(APIView):
         job = services.study_request_triage(
             study_instance_uid=data.validated_data["study_instance_uid"],
             source_name=data.validated_data.get("source"),
-            actor=request.user,
+            actor=request_user(request),
         )
         body = {"study_instance_uid": job.study.study_instance_uid, "job_state": job.state}
         return Response(body, status=status.HTTP_202_ACCEPTED)

@@ -69,6 +69,8 @@ class DicomWebSource(models.Model):
 
 
 class Study(models.Model):
+    current_results: list[TriageResult]  # not stored: prefetched by the worklist's selectors (``to_attr``)
+
     study_instance_uid = models.CharField(max_length=64, unique=True)
     source = models.ForeignKey(DicomWebSource, null=True, blank=True, on_delete=models.SET_NULL)
     accession_number = models.CharField(max_length=64, blank=True, db_index=True)
@@ -97,6 +99,10 @@ class Study(models.Model):
 
 
 class Series(models.Model):
+    # Not stored: set by ingest on a series it has just discovered. The first instance's DICOM JSON, whose Rows and
+    # Columns give the size check before retrieval.
+    discovered_instance: dict | None = None
+
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series")
     series_instance_uid = models.CharField(max_length=64, unique=True)
     series_number = models.IntegerField(null=True, blank=True)

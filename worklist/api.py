@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import ClassVar
+
 from django.http import HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -12,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
+from triage.core.permissions import request_user
 from triage.models import Finding
 from worklist import selectors, services
 from worklist.models import Verdict, WorklistItem
@@ -32,7 +36,7 @@ class WorklistPagination(LimitOffsetPagination):
     has_more = False
 
     def get_next_link(self) -> str | None:
-        if not self.has_more:
+        if not self.has_more or self.request is None or self.limit is None or self.offset is None:
             return None
         url = replace_query_param(self.request.build_absolute_uri(), self.limit_query_param, self.limit)
         return replace_query_param(url, self.offset_query_param, self.offset + self.limit)
@@ -77,7 +81,7 @@ class WorklistApi(APIView):
         now = timezone.now()
         seq = selectors.worklist_seq()
         items = selectors.worklist_items(
-            user=request.user,
+            user=request_user(request),
             status=filters.validated_data["status"],
             modality=filters.validated_data.get("modality"),
             finding=filters.validated_data.get("finding"),
@@ -85,7 +89,7 @@ class WorklistApi(APIView):
             now=now,
         )
         paginator = WorklistPagination()
-        paginator.request, paginator.limit = request, paginator.get_limit(request)
+        paginator.request, paginator.limit = request, paginator.get_limit(request) or paginator.default_limit
         paginator.offset = paginator.get_offset(request)
         page = selectors.worklist_page(items=items, offset=paginator.offset, limit=paginator.limit, now=now)
         paginator.count, paginator.has_more = page.count, page.has_more
@@ -105,18 +109,20 @@ class StudyDetailApi(APIView):
     @extend_schema(responses={200: StudyDetailSerializer})
     def get(self, request: Request, study_instance_uid: str) -> Response:
         study = selectors.study_detail_get(study_instance_uid=study_instance_uid)
-        services.study_view_record(study=study, user=request.user)
-        verdicts = selectors.feedback_by_user(user=request.user, result_ids=[r.pk for r in study.current_results])
+        services.study_view_record(study=study, user=request_user(request))
+        verdicts = selectors.feedback_by_user(
+            user=request_user(request), result_ids=[r.pk for r in study.current_results]
+        )
         context = {"now": timezone.now(), "verdicts": verdicts}
         return Response(StudyDetailSerializer(study, context=context).data)
 
 
 class _ItemActionApi(APIView):
-    service = None
+    service: ClassVar[Callable[..., WorklistItem]]
 
     @extend_schema(request=None, responses={200: WorklistItemSerializer})
     def post(self, request: Request, study_instance_uid: str) -> Response:
-        item = type(self).service(study_instance_uid=study_instance_uid, user=request.user)
+        item = type(self).service(study_instance_uid=study_instance_uid, user=request_user(request))
         return _item_response(item)
 
 
@@ -155,7 +161,7 @@ class ItemPinApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         item = services.worklist_item_pin(
-            study_instance_uid=study_instance_uid, user=request.user, level=data.validated_data["level"]
+            study_instance_uid=study_instance_uid, user=request_user(request), level=data.validated_data["level"]
         )
         return _item_response(item)
 
@@ -179,7 +185,7 @@ class ResultFeedbackApi(APIView):
     def post(self, request: Request, result_id: int) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        feedback = services.result_feedback_set(result_id=result_id, user=request.user, **data.validated_data)
+        feedback = services.result_feedback_set(result_id=result_id, user=request_user(request), **data.validated_data)
         return Response(self.OutputSerializer(feedback).data)
 
 

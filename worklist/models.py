@@ -15,6 +15,8 @@ class ItemStatus(models.TextChoices):
 
 
 class WorklistItem(models.Model):
+    rank: int | None  # not stored: the reading position, set by selectors
+
     study = models.OneToOneField("triage.Study", on_delete=models.CASCADE, related_name="worklist_item")
     status = models.CharField(max_length=16, choices=ItemStatus.choices, default=ItemStatus.WAITING)
     ai_priority = models.FloatField(default=0.0, help_text="From the current AI findings")

@@ -18,7 +18,8 @@ logger = logging.getLogger(__name__)
 
 
 def item_link(item: WorklistItem) -> str:
-    return f"{settings.TRIAGE_PUBLIC_URL.rstrip('/')}/?item={item.pk}"
+    base = settings.TRIAGE_PUBLIC_URL or ""
+    return f"{base.rstrip('/')}/?item={item.pk}"
 
 
 def escalation_body(*, item: WorklistItem, findings: list[TriageResult]) -> dict:

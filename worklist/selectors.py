@@ -167,7 +167,7 @@ def study_detail_get(*, study_instance_uid: str) -> Study:
         .annotate(has_key_image=ExpressionWrapper(Q(key_image_png__isnull=False), output_field=BooleanField()))
     )
     study = (
-        Study.objects.select_related("worklist_item", "worklist_item__claimed_by", "worklist_item__acknowledged_by")
+        Study.objects.select_related("worklist_item", "worklist_item__claimed_by", "worklist_item__acknowledged_by")  # type: ignore[no-redef]
         .prefetch_related(
             "series", Prefetch("results", queryset=results.order_by("finding"), to_attr="current_results")
         )

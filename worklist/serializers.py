@@ -234,7 +234,9 @@ class SeriesSerializer(serializers.Serializer):
 
 
 class StudyFindingSerializer(FindingSerializer):
-    to_representation = serializers.Serializer.to_representation  # the detail is one study: the generic path
+    def to_representation(self, result: TriageResult) -> dict:
+        return serializers.Serializer.to_representation(self, result)  # the detail is one study: the generic path
+
     series_instance_uid = serializers.CharField(source="series.series_instance_uid")
     created_at = serializers.DateTimeField()
     key_slice = serializers.SerializerMethodField()

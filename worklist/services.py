@@ -273,6 +273,7 @@ def worklist_items_escalate(*, now: datetime | None = None) -> list[int]:
     )
     escalated = []
     for item in due:
+        assert item.critical_at is not None  # due holds critical items only
         item.escalated_at = now
         item.save(update_fields=["escalated_at", "updated_at"])
         data = {"seconds_unacknowledged": round((now - item.critical_at).total_seconds(), 3)}

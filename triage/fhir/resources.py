@@ -13,12 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from triage.core.exceptions import TriageError
 from triage.models import Finding, Series, Study, TriageResult
@@ -152,7 +151,10 @@ def report_code(finding: str) -> dict[str, Any]:
 
 
 def observation_code(finding: str) -> dict[str, Any]:
-    codings = [{"system": CODE_SYSTEM, "code": finding, "display": Finding(finding).label}, FINDING_SNOMED[finding]]
+    codings = [
+        {"system": CODE_SYSTEM, "code": finding, "display": Finding(finding).label},
+        FINDING_SNOMED[Finding(finding)],
+    ]
     return {"coding": codings, "text": f"{Finding(finding).label} (AI triage)"}
 
 
@@ -273,7 +275,7 @@ def _observation_status(report_status: str) -> str:
 
 
 def _components(result: TriageResult) -> list[dict[str, Any]]:
-    components = [
+    components: list[dict[str, Any]] = [
         {"code": _local("score", "Model score (0 to 1)"), "valueQuantity": _quantity(result.score)},
         {"code": _local("threshold", "Operating threshold (0 to 1)"), "valueQuantity": _quantity(result.threshold)},
     ]
@@ -361,7 +363,7 @@ def report_bundle_build(*, study: Study, result: TriageResult, spec: ReportSpec)
     }
 
 
-def _model_class(resource_type: str, fhir_version: str) -> Callable[..., Any]:
+def _model_class(resource_type: str, fhir_version: str) -> type[BaseModel]:
     if fhir_version == "R5":
         from fhir.resources import get_fhir_model_class
     elif fhir_version == "R4":

@@ -22,14 +22,14 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
 from triage.core.exceptions import TriageError
-from triage.core.permissions import user_is_site_admin
+from triage.core.permissions import request_user, user_is_site_admin
 from triage.governance import charts, monitoring, services, validation
 from triage.models import DicomWebSource, Finding, ModelConfig
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 
 
-def admin_required(view: Callable) -> Callable:
+def admin_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     @wraps(view)
     def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not request.user.is_authenticated:
@@ -187,7 +187,7 @@ def threshold_apply(request: HttpRequest, finding: str) -> HttpResponse:
     source = form.cleaned_data["source"]
     try:
         flipped = services.model_threshold_set(
-            model_config=config, threshold=form.cleaned_data["threshold"], source=source, actor=request.user
+            model_config=config, threshold=form.cleaned_data["threshold"], source=source, actor=request_user(request)
         )
     except TriageError as err:
         messages.error(request, err.message)
@@ -220,13 +220,13 @@ class ImportForm(forms.Form):
 def ground_truth_import(request: HttpRequest) -> HttpResponse:
     report, form = None, ImportForm()
     if request.method == "POST" and request.POST.get("action") == "feedback":
-        count = validation.ground_truth_from_feedback(actor=request.user)
+        count = validation.ground_truth_from_feedback(actor=request_user(request))
         messages.success(request, f"{count} labels taken from radiologists' feedback.")
         return redirect("console-ground-truth")
     if request.method == "POST":
         form = ImportForm(request.POST, request.FILES)
         if form.is_valid():
-            report = validation.ground_truth_import_csv(text=form.cleaned_data["file"], actor=request.user)
+            report = validation.ground_truth_import_csv(text=form.cleaned_data["file"], actor=request_user(request))
     status = 400 if report is not None and report.errors and not (report.created or report.updated) else 200
     return render(request, "triage/ground_truth_import.html", {"form": form, "report": report}, status=status)
 
@@ -298,7 +298,7 @@ def monitoring_page(request: HttpRequest) -> HttpResponse:
     finding = finding if finding in Finding.values else Finding.ICH
     period = _period(request)
     tables, drift = _monitoring_tables(finding, period)
-    context = {
+    context: dict[str, Any] = {
         "finding": finding,
         "period": period,
         "findings": Finding.choices,

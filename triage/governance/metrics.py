@@ -65,7 +65,9 @@ def histogram(scores: Sequence[float], edges: Sequence[float]) -> list[int]:
     return [int(c) for c in counts]
 
 
-def auc_delong(labels: Sequence[bool], scores: Sequence[float], *, confidence: float = 0.95) -> Interval:
+def auc_delong(
+    labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray, *, confidence: float = 0.95
+) -> Interval:
     """AUC with the DeLong (1988) interval, placement values found by binary search: O(n log n) time and memory.
 
     Same numbers as ``inference.stats.delong_ci``, which builds the full positive-by-negative matrix.

@@ -9,9 +9,11 @@ A period's PSI against it is shown from ``MIN_PSI_CASES`` cases up and raises an
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
+import numpy as np
 from django.db.models import Count, Min
 from django.utils import timezone
 
@@ -70,7 +72,7 @@ def bucket_label(start: date) -> str:
     return start.isoformat()
 
 
-def _bucketed(pairs: list[tuple[datetime, object]], period: str) -> dict[date, list]:
+def _bucketed(pairs: Sequence[tuple[datetime, object]], period: str) -> dict[date, list]:
     out: dict[date, list] = defaultdict(list)
     for moment, value in pairs:
         out[bucket_start(moment, period)].append(value)
@@ -161,7 +163,7 @@ def drift_report(*, finding: str, period: str, model_version: str | None = None,
         scores = by_bucket.get(start, [])
         psi = None
         if baseline is not None and len(scores) >= MIN_PSI_CASES:
-            psi = stats.psi(baseline.scores, scores)
+            psi = stats.psi(np.asarray(baseline.scores), np.asarray(scores))
         table.rows.append([bucket_label(start), len(scores), psi, psi is not None and psi > metrics.PSI_ALERT])
     return Drift(
         model_version=model_version,

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import requests
 from dicomweb_client import DICOMwebClient
@@ -117,7 +117,7 @@ def client_for_source(source: DicomWebSource) -> DICOMClient:
         timeout=(min(timeout, 10.0), timeout),
     )
     client.set_http_retry_params(retry=False)  # ours below: backoff with jitter, and errors without URLs
-    return client
+    return cast(DICOMClient, client)  # dicomweb-client's own class declares a narrower ``protocol`` than it
 
 
 class Pacs:

@@ -180,7 +180,8 @@ def study_arrival(*, job: TriageJob, pacs: Pacs, found: list[dict]) -> Arrival:
     count = pacs.study_instance_count(job.study.study_instance_uid)
     if count is None:
         counts = [json_int(item, NUMBER_OF_SERIES_INSTANCES) for item in found]
-        count = None if None in counts else sum(counts)
+        known = [c for c in counts if c is not None]
+        count = sum(known) if len(known) == len(counts) else None
     now = timezone.now()
     since = job.instance_count_since
     if since is None or count != job.instance_count:
@@ -257,7 +258,7 @@ def _series_store(*, study: Study, series_json: dict, instance: dict) -> Series:
         "routing_reason": decision.reason[:255],
     }
     series, _ = Series.objects.update_or_create(series_instance_uid=tags.series_instance_uid, defaults=defaults)
-    series._instance = instance  # its Rows and Columns give the size check before retrieval
+    series.discovered_instance = instance
     return series
 
 
@@ -351,7 +352,7 @@ def series_triage(
             volume = series_volume(
                 pacs=pacs,
                 series=series,
-                instance=getattr(series, "_instance", None),
+                instance=series.discovered_instance,
                 last_try=job.attempts >= settings.TRIAGE_JOB_MAX_ATTEMPTS,
             )
     except VolumeError as err:

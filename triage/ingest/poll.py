@@ -103,13 +103,13 @@ def _queue_new(source: DicomWebSource, items: list[dict], report: PollReport) ->
 
 def _requeue_grown(items: list[dict], report: PollReport) -> None:
     """Queue again the finished studies that the PACS now holds more instances of than their job saw."""
-    counts = {json_value(item, STUDY_UID): json_int(item, NUMBER_OF_STUDY_INSTANCES) for item in items}
-    counts = {uid: count for uid, count in counts.items() if uid and count}
+    reported = {json_value(item, STUDY_UID): json_int(item, NUMBER_OF_STUDY_INSTANCES) for item in items}
+    counts: dict[str, int] = {uid: count for uid, count in reported.items() if uid and count}
     finished = TriageJob.objects.filter(
         study__study_instance_uid__in=list(counts), state__in=FINAL_JOB_STATES, instance_count__isnull=False
     ).values_list("pk", "study__study_instance_uid", "instance_count")
     for job_id, uid, seen in finished:
-        if counts[uid] > seen and job_requeue_grown(job_id=job_id, instance_count=counts[uid]):
+        if seen is not None and counts[uid] > seen and job_requeue_grown(job_id=job_id, instance_count=counts[uid]):
             logger.info("job %s queued again: the study grew from %d to %d instances", job_id, seen, counts[uid])
             report.requeued.append(uid)
 

@@ -466,6 +466,7 @@ def _seed_model(defaults: ModelDefaults, *, reset: bool, report: dict[str, list[
     if created:
         report["created"].append(label)
         return
+    wanted: Mapping[str, object]
     if reset:
         wanted = {**shipped, "threshold": defaults.threshold, "weights_path": ""}
     elif defaults.from_card and not config.weights_path:

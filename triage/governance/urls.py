@@ -1,0 +1,17 @@
+"""The admin console's pages, under /console/."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from triage.governance import console
+
+urlpatterns = [
+    path("", console.console_index, name="console"),
+    path("validation/<str:finding>/", console.validation_page, name="console-validation"),
+    path("validation/<str:finding>/apply/", console.threshold_apply, name="console-threshold-apply"),
+    path("validation/<str:finding>/<str:table>.csv", console.validation_csv, name="console-validation-csv"),
+    path("ground-truth/", console.ground_truth_import, name="console-ground-truth"),
+    path("monitoring/", console.monitoring_page, name="console-monitoring"),
+    path("monitoring/<str:table>.csv", console.monitoring_csv, name="console-monitoring-csv"),
+]
