@@ -17,10 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
+from scipy import ndimage as ndi
 
 AIR_HU = -1000.0
 # Voxels above this are inside the head (skin, brain, bone); used only to find the head's centre.
 HEAD_HU = -300.0
+# Scanners store air at -1024 and pad outside the reconstruction circle with -2000, -3024 or lower; some extend the
+# scale for metal above 3071. Values are clamped to this range after the in-plane resize, so padding never darkens
+# an averaged edge and every study reaches the network on the same scale.
+HU_RANGE: tuple[float, float] = (-1024.0, 3071.0)
+# Vertex to the foramen magnum and a little more: what the crop is centred on when a scan also covers neck and chest.
+HEAD_HEIGHT_MM = 200.0
 
 # (level, width) per channel. Brain and subdural windows show blood; the soft-tissue window keeps calcification
 # (over 100 HU) apart from blood (50–90 HU), which both saturate in the narrow windows.
@@ -88,15 +95,39 @@ def as_tensor(volume_hu: np.ndarray | torch.Tensor, device: torch.device | str) 
     return t.to(device=device, dtype=torch.float32)
 
 
-def head_centre(volume: torch.Tensor) -> tuple[float, float, float]:
-    """Centroid (z, y, x) in voxels of the voxels inside the head, from a strided subsample (cheap on big volumes)."""
+def head_centre(
+    volume: torch.Tensor, spacing_mm: tuple[float, float, float] | None = None
+) -> tuple[float, float, float]:
+    """Centroid (z, y, x) in voxels of the head, from a strided subsample (cheap on big volumes).
+
+    Only the largest connected part above ``HEAD_HU`` counts, so a table, a head holder, a padding ring outside the
+    reconstruction circle or a separate object does not pull the crop off the head. With ``spacing_mm``, only the
+    top ``HEAD_HEIGHT_MM`` of the scan counts, so a head-and-neck acquisition (shoulders included) is centred on
+    the head as a head-only one is."""
     steps = [max(1, n // 32) for n in volume.shape]
-    sub = volume[:: steps[0], :: steps[1], :: steps[2]] > HEAD_HU
-    idx = sub.nonzero()
-    if idx.shape[0] == 0:
+    sub = volume[:: steps[0], :: steps[1], :: steps[2]]
+    inside = ((sub > HEAD_HU) & (sub <= HU_RANGE[1])).cpu().numpy()
+    if spacing_mm is not None:
+        inside = _top_of_scan(inside, HEAD_HEIGHT_MM / (steps[0] * float(spacing_mm[0])))
+    labels, count = ndi.label(inside)
+    if count == 0:
         return tuple((n - 1) / 2.0 for n in volume.shape)  # type: ignore[return-value]
-    mean = idx.float().mean(dim=0).tolist()
+    if count > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        inside = labels == int(sizes.argmax())
+    mean = np.argwhere(inside).mean(axis=0).tolist()
     return tuple(m * s + (s - 1) / 2.0 for m, s in zip(mean, steps, strict=True))  # type: ignore[return-value]
+
+
+def _top_of_scan(inside: np.ndarray, height: float) -> np.ndarray:
+    """Keeps the slices within ``height`` (slices) below the highest one that holds a tenth of the largest section."""
+    area = inside.sum(axis=(1, 2))
+    if not area.any():
+        return inside
+    top = int(np.flatnonzero(area >= 0.1 * area.max())[-1])
+    keep = np.arange(inside.shape[0]) >= top - height
+    return inside & keep[:, None, None]
 
 
 def _crop_plan(resized_len: int, step: float, centre: float, target_len: int | None) -> tuple[int, int, int, int]:
@@ -118,20 +149,23 @@ def resample_to_grid(
     *,
     centre: tuple[float, float, float] | None = None,
     fill: float = AIR_HU,
+    hu_range: tuple[float, float] | None = HU_RANGE,
 ) -> tuple[torch.Tensor, GridMap]:
     """Resample to ``grid`` spacing, then crop around the head centre and pad with air: (D, H, W) and the map.
 
     Resampling the whole contiguous volume before cropping is faster than resampling a strided crop, and after
-    in-plane averaging everything left is small. ``centre`` (voxels) and ``fill`` let a label mask follow the crop
-    of its volume.
+    in-plane averaging everything left is small. ``centre`` (voxels), ``fill`` and ``hu_range=None`` (no clamping)
+    let a label mask follow the crop of its volume.
     """
-    centre = centre if centre is not None else head_centre(volume)
+    centre = centre if centre is not None else head_centre(volume, spacing_mm)
     size = [
         max(1, round(n * float(sp) / t)) for n, sp, t in zip(volume.shape, spacing_mm, grid.spacing_mm, strict=True)
     ]
     steps = [n / r for n, r in zip(volume.shape, size, strict=True)]
     # In-plane first, with the slices as the batch: the big axes shrink before anything touches z.
     plane = _resize(volume.unsqueeze(1), (size[1], size[2]))  # (Z, 1, h, w)
+    if hu_range is not None:
+        plane = plane.clamp(*hu_range)
     vol = _resize(plane.squeeze(1)[None, None], tuple(size))[0, 0]
     plans = [_crop_plan(size[a], steps[a], centre[a], grid.shape[a]) for a in range(3)]
     vol = vol[plans[0][0] : plans[0][1], plans[1][0] : plans[1][1], plans[2][0] : plans[2][1]]

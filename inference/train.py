@@ -65,11 +65,23 @@ def phantom_plan(finding: str, index: int) -> tuple[bool, str | None]:
 
 
 def generate(finding: str, seed: int, positive: bool | None, subtype: str | None, family: str = "A"):  # noqa: ANN201
+    """One phantom. Family ``R`` (domain randomisation) also draws the volume size (slice spacing, pixel size);
+    family ``C`` is the separately written generator kept for evaluation only."""
     from inference import phantoms
 
+    kind = "ncct" if finding == "ich" else "cta"
+    if family == "C":
+        from inference.phantoms import family_c
+
+        return family_c.generate(kind, seed, positive=positive, subtype=subtype)
+    options: dict[str, Any] = {"positive": positive, "subtype": subtype, "family": family}
+    if family == "R":
+        from inference.phantoms.randomise import draw_shape
+
+        options["shape"] = draw_shape(seed, kind)
     if finding == "ich":
-        return phantoms.generate_ncct(seed, positive=positive, subtype=subtype, family=family)
-    return phantoms.generate_cta(seed, positive=positive, subtype=subtype, family=family)
+        return phantoms.generate_ncct(seed, **options)
+    return phantoms.generate_cta(seed, **options)
 
 
 # --- samples at the model grid ----------------------------------------------------------------------------------
@@ -79,12 +91,12 @@ def make_sample(phantom: Any) -> dict[str, Any]:
     """A phantom at its finding's model grid: int16 HU, low-resolution localisation targets and labels."""
     grid = ICH_GRID if phantom.finding == "ich" else LVO_GRID
     volume = torch.from_numpy(np.ascontiguousarray(phantom.volume_hu, dtype=np.float32))
-    centre = head_centre(volume)
+    centre = head_centre(volume, phantom.spacing_mm)
     hu, _ = resample_to_grid(volume, phantom.spacing_mm, grid, centre=centre)
     mask_src = phantom.mask if phantom.mask is not None else np.zeros(phantom.shape, dtype=bool)
     # The mask follows the same crop as the volume: resampled about the volume's head centre.
     mask_t = torch.from_numpy(mask_src.astype(np.float32))
-    mask, _ = resample_to_grid(mask_t, phantom.spacing_mm, grid, centre=centre, fill=0.0)
+    mask, _ = resample_to_grid(mask_t, phantom.spacing_mm, grid, centre=centre, fill=0.0, hu_range=None)
     sample: dict[str, Any] = {
         "hu": hu.round().clamp(-1024, 3071).to(torch.int16),
         "label": float(phantom.positive),
@@ -105,7 +117,7 @@ def make_sample(phantom: Any) -> dict[str, Any]:
 class PhantomDataset(Dataset):
     """Phantoms by index; each worker generates and resamples its own, with torch limited to one thread."""
 
-    def __init__(self, finding: str, run_seed: int, count: int, *, validation: bool = False, family: str = "A"):
+    def __init__(self, finding: str, run_seed: int, count: int, *, validation: bool = False, family: str = "A") -> None:
         self.finding, self.run_seed, self.count = finding, run_seed, count
         self.validation, self.family = validation, family
 
@@ -252,6 +264,7 @@ def ich_batch(
             hu = _augment_hu(hu, rng)
             if rng.random() < 0.5:
                 hu, cam = hu.flip(-1), cam.flip(-1)
+            hu, cam = _reorient(hu, cam, rng, ((-2, 0.15),))
         xs.append(ich_channels(hu.float()))
         cams.append(cam.float())
         slices.append(sl.float())
@@ -267,6 +280,16 @@ def ich_batch(
         "label": torch.tensor(labels),
         "subtype": torch.stack(subtypes),
     }
+
+
+def _reorient(
+    hu: torch.Tensor, cam: torch.Tensor, rng: np.random.Generator, flips: tuple[tuple[int, float], ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rare front-back (and, for volumes, head-foot) flips: a study stored in another axis convention still reads."""
+    for axis, chance in flips:
+        if rng.random() < chance:
+            hu, cam = hu.flip(axis), cam.flip(axis)
+    return hu, cam
 
 
 def _stack_padded(items: list[torch.Tensor]) -> torch.Tensor:
@@ -285,6 +308,7 @@ def lvo_batch(samples: list[dict[str, Any]], rng: np.random.Generator, *, augmen
             if rng.random() < 0.5:
                 hu, cam = hu.flip(-1), cam.flip(-1)
                 side = {"left": "right", "right": "left"}.get(side, side)
+            hu, cam = _reorient(hu, cam, rng, ((-2, 0.15), (-3, 0.1)))
         xs.append(lvo_channels(hu.float()))
         cams.append(cam.float())
         labels.append(s["label"])
@@ -600,7 +624,9 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes generating phantoms")
     p.add_argument("--target-sensitivity", type=float, default=0.95)
-    p.add_argument("--family", default="A", help="phantom generator family used for training")
+    p.add_argument(
+        "--family", default="A", help="phantom generator family used for training: A, B or R (domain randomisation)"
+    )
     p.add_argument("--time-budget-min", type=float, default=None, help="stop training after this many minutes")
     p.add_argument("--cache", type=Path, default=None, help="keep generated samples here for later runs")
     p.add_argument("--init", type=Path, default=None, help="start from these weights (a state_dict) instead")
@@ -620,6 +646,8 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     a = p.parse_args(argv)
     if a.architecture and ARCHITECTURES[a.architecture].finding != a.finding:
         p.error(f"--architecture {a.architecture} is not for --finding {a.finding}")
+    if a.family == "C":
+        p.error("--family C is kept for evaluation only; train on A, B or R (randomised)")
     if a.epochs < 0 or (a.epochs == 0 and a.init is None):
         p.error("--epochs must be at least 1, or 0 with --init (weights to calibrate)")
     if a.finding != "ich" and (a.mine_hard_negatives or a.repeat_small):

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inference.phantoms import anatomy as heads
-from inference.phantoms import scanner
+from inference.phantoms import randomise, scanner
 from inference.phantoms.geometry import Grid
 from inference.phantoms.scene import Canvas, draw_pose, resolve_anatomy
 from inference.phantoms.types import Phantom
@@ -68,7 +68,12 @@ def generate_cta(
     positive, subtype, hard_negative = _decide(rng, positive, subtype, hard_negative)
     kind = resolve_anatomy(anatomy)
     scan = scanner.draw_scanner(
-        rng, kind="cta", family=family, shape=shape, slice_thickness_mm=slice_thickness_mm, coverage_mm=(110.0, 150.0)
+        rng,
+        kind="cta",
+        family=family,
+        shape=shape,
+        slice_thickness_mm=slice_thickness_mm,
+        coverage_mm=(80.0, 170.0) if family == "R" else (110.0, 150.0),
     )
     pose = draw_pose(rng, family=family, tilt=3.0 if hard_negative == "tilt" else 1.0)
     head = heads.head_model(kind, heads.resolution_for(scan.spacing_mm))
@@ -84,15 +89,21 @@ def generate_cta(
     volume[(volume > -15.0) & (volume < 60.0)] += np.float32(rng.uniform(2.0, 6.0))  # parenchymal enhancement
     canvas = Canvas(head, grid, volume, np.zeros(shape, dtype=bool))
     tree = build_tree()
-    _warp_tree(tree, rng)
+    wide = family == "R"
+    _warp_tree(tree, rng, wide=wide)
     variants = _apply_variants(tree, rng)
-    plan = _plan(rng, tree, positive, subtype, hard_negative)
+    plan = _plan(rng, tree, positive, subtype, hard_negative, wide=wide)
     paint_sinuses(canvas, plan.venous)
     _paint_arteries(canvas, tree, plan, lesion=positive)
     if hard_negative == "calcified_siphon" or rng.random() < 0.1:
         _paint_siphon_calcium(canvas, tree, rng)
     volume = canvas.volume
-    if not clean:
+    acquisition: dict[str, object] = {}
+    if not clean and wide:
+        volume, acquisition = randomise.acquire(
+            volume, rng, spacing=scan.spacing_mm, thickness=scan.slice_thickness_mm, kind="cta", keep=canvas.mask
+        )
+    elif not clean:
         volume = scanner.blur(volume, scan)
         scanner.add_noise(volume, scan, rng)
     np.clip(volume, -1024.0, 3071.0, out=volume)
@@ -110,6 +121,7 @@ def generate_cta(
         "collateral_fill": round(plan.collateral, 3) if plan.thrombus else None,
         "scanner": scan.as_meta(),
         "pose": pose.as_meta(),
+        "acquisition": acquisition,
         "to_canonical": canvas.grid.as_meta(),
         "key_slice": int(np.argmax(canvas.mask.sum(axis=(1, 2)))) if canvas.mask.any() else None,
         "seconds": round(time.perf_counter() - started, 3),
@@ -147,12 +159,17 @@ def _decide(
     return False, None, hard_negative
 
 
-def _warp_tree(tree: dict[tuple[str, int], Vessel], rng: np.random.Generator) -> None:
-    """A smooth random displacement (a few mm) of every centreline, so branches that share a point still meet."""
-    waves = rng.normal(size=(3, 3)) * (2 * np.pi / 70.0)
+def _warp_tree(tree: dict[tuple[str, int], Vessel], rng: np.random.Generator, *, wide: bool = False) -> None:
+    """A smooth random displacement (a few mm) of every centreline, so branches that share a point still meet.
+    ``wide`` (family R): more tortuous and a calibre drawn per vessel and per study (0.6-1.45 of the usual)."""
+    waves = rng.normal(size=(3, 3)) * (2 * np.pi / (rng.uniform(35.0, 90.0) if wide else 70.0))
     phases = rng.uniform(0, 2 * np.pi, size=3)
-    amps = rng.normal(0, 1.8, size=(3, 3))
-    scale = rng.uniform(0.9, 1.1, size=len(tree))
+    amps = rng.normal(0, 3.5 if wide else 1.8, size=(3, 3))
+    scale = (
+        rng.uniform(0.75, 1.25, size=len(tree)) * rng.uniform(0.8, 1.15)
+        if wide
+        else rng.uniform(0.9, 1.1, size=len(tree))
+    )
     for factor, vessel in zip(scale, tree.values(), strict=True):
         shift = sum(np.sin(vessel.points @ w + p)[:, None] * a for w, p, a in zip(waves, phases, amps, strict=True))
         vessel.points = vessel.points + shift
@@ -186,18 +203,23 @@ def _plan(
     positive: bool,
     subtype: str | None,
     hard_negative: str | None,
+    *,
+    wide: bool = False,
 ) -> Plan:
+    """``wide`` (family R): arterial 180-600 HU, thrombus 25-85 HU, occlusions 4-28 mm, collaterals up to 80 %."""
     if hard_negative == "early_bolus":
         plan = Plan(arterial=rng.uniform(150.0, 230.0), venous=rng.uniform(40.0, 75.0))
     elif hard_negative == "late_bolus":
         plan = Plan(arterial=rng.uniform(170.0, 260.0), venous=rng.uniform(220.0, 330.0))
+    elif wide:
+        plan = Plan(arterial=rng.uniform(180.0, 600.0), venous=rng.uniform(60.0, 300.0))
     else:
         plan = Plan(arterial=rng.uniform(250.0, 450.0), venous=rng.uniform(120.0, 250.0))
-    plan.thrombus_hu = float(rng.uniform(40.0, 60.0))
+    plan.thrombus_hu = float(rng.uniform(25.0, 85.0) if wide else rng.uniform(40.0, 60.0))
     side = int(rng.choice([-1, 1]))
-    fill = float(rng.uniform(0.0, 0.7))
+    fill = float(rng.uniform(0.0, 0.8 if wide else 0.7))
     plan.collateral = fill
-    length = float(rng.uniform(5.0, 20.0))
+    length = float(rng.uniform(4.0, 28.0) if wide else rng.uniform(5.0, 20.0))
     if positive and subtype == "ica_t":
         ica_len = _length(tree[("ica", side)])
         into_ica = length * rng.uniform(0.3, 0.7)

@@ -6,10 +6,10 @@ import time
 
 import numpy as np
 
-from inference.phantoms import anatomy, mimics, scanner
+from inference.phantoms import anatomy, mimics, randomise, scanner
 from inference.phantoms.geometry import Grid
 from inference.phantoms.hemorrhage import PAINTERS, SUBTYPES
-from inference.phantoms.scene import Canvas, draw_pose, resolve_anatomy
+from inference.phantoms.scene import Canvas, Pose, draw_pose, resolve_anatomy
 from inference.phantoms.types import Phantom
 
 _STREAM = 0x1C4  # keeps NCCT draws apart from CTA draws for the same seed
@@ -38,7 +38,12 @@ def generate_ncct(
     positive, subtype, hard_negative = _decide(rng, positive, subtype, hard_negative)
     kind = resolve_anatomy(anatomy)
     scan = scanner.draw_scanner(
-        rng, kind="ncct", family=family, shape=shape, slice_thickness_mm=slice_thickness_mm, coverage_mm=(140.0, 175.0)
+        rng,
+        kind="ncct",
+        family=family,
+        shape=shape,
+        slice_thickness_mm=slice_thickness_mm,
+        coverage_mm=(90.0, 200.0) if family == "R" else (140.0, 175.0),
     )
     pose = draw_pose(rng, family=family)
     canvas = _base_canvas(rng, kind, scan, pose, shape, family)
@@ -50,7 +55,14 @@ def generate_ncct(
         mimics.MIMICS[hard_negative](canvas, rng, float(rng.uniform(0.35, 1.0)))
     volume = canvas.volume
     volume[volume > -200] += np.float32(rng.normal(0.0, 1.5 if family == "A" else 3.0))
-    if not clean:
+    acquisition: dict[str, object] = {}
+    if not clean and family == "R":
+        if hard_negative == "beam_hardening":
+            mimics.beam_hardening(volume, canvas, rng, float(rng.uniform(0.35, 1.0)))
+        volume, acquisition = randomise.acquire(
+            volume, rng, spacing=scan.spacing_mm, thickness=scan.slice_thickness_mm, kind="ncct", keep=canvas.mask
+        )
+    elif not clean:
         volume = scanner.blur(volume, scan)
         if hard_negative == "beam_hardening":
             mimics.beam_hardening(volume, canvas, rng, float(rng.uniform(0.35, 1.0)))
@@ -66,6 +78,7 @@ def generate_ncct(
         "incidental": incidental,
         "scanner": scan.as_meta(),
         "pose": pose.as_meta(),
+        "acquisition": acquisition,
         "key_slice": _key_slice(canvas.mask),
         "to_canonical": canvas.grid.as_meta(),
         **{k: v for k, v in finding.items() if k != "side"},
@@ -105,7 +118,7 @@ def _decide(
 
 
 def _base_canvas(
-    rng: np.random.Generator, kind: str, scan: scanner.Scanner, pose, shape: tuple[int, int, int], family: str
+    rng: np.random.Generator, kind: str, scan: scanner.Scanner, pose: Pose, shape: tuple[int, int, int], family: str
 ) -> Canvas:
     head = anatomy.head_model(kind, anatomy.resolution_for(scan.spacing_mm))
     grid = Grid.posed(

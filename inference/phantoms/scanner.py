@@ -21,6 +21,8 @@ _VENDORS: dict[str, list[tuple[str, str, list[tuple[str, float]]]]] = {
         ("GE MEDICAL SYSTEMS", "LightSpeed VCT", [("STANDARD", 0.4), ("BONE", 0.8)]),
     ],
 }
+# Family R (randomised, for training): any of the above; ``randomise.acquire`` draws kernel and noise itself.
+_VENDORS["R"] = _VENDORS["A"] + _VENDORS["B"]
 _INTERCEPTS = (-1024.0, -1024.0, -1000.0, 0.0)
 FAMILIES = tuple(_VENDORS)
 
@@ -80,6 +82,8 @@ def draw_scanner(
     else:
         thickness = float(slice_thickness_mm)
         spacing_z = thickness
+    if family == "R":
+        thickness = float(np.clip(spacing_z * rng.uniform(1.0, 2.0), 0.5, 5.0))
     fov = float(rng.uniform(200.0, 250.0) if kind == "ncct" else rng.uniform(190.0, 240.0))
     pixel = fov / shape[2]
     # Noise on a native 512 matrix at 5 mm (NCCT, about 4 HU) or 0.6 mm (CTA, 10-20 HU), then scaled to this grid.

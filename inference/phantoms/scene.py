@@ -30,7 +30,7 @@ class Pose:
 
 def draw_pose(rng: np.random.Generator, *, family: str, tilt: float = 1.0) -> Pose:
     """Random head size (per axis) and position; ``tilt`` scales the rotation range (hard negatives use more)."""
-    spread = 1.0 if family == "A" else 1.4
+    spread = {"A": 1.0, "B": 1.4}.get(family, 2.5)
     yaw, roll = rng.normal(0.0, 4.0 * spread * tilt, size=2)
     pitch = rng.normal(6.0, 7.0 * spread * tilt)
     size = rng.normal(1.0, 0.05)
