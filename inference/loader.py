@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from inference.modelcard import sha256_file
+from inference.modelcard import read_card, sha256_file
 from inference.networks import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_network
 
 logger = logging.getLogger(__name__)
@@ -80,14 +80,6 @@ class LoadedModel:
 def shipped_weights(finding: str) -> Path:
     """Path of the weights shipped in the package for a finding."""
     return WEIGHTS_DIR / f"{DEFAULT_ARCHITECTURE[finding]}.pt"
-
-
-def read_card(weights: Path) -> dict[str, Any]:
-    """The model card beside a weights file (``<stem>.card.json``), or {} when there is none."""
-    card_path = weights.with_name(weights.stem + ".card.json")
-    if not card_path.is_file():
-        return {}
-    return json.loads(card_path.read_text(encoding="utf-8"))
 
 
 def load_model(

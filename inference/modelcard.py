@@ -43,6 +43,35 @@ def card_paths(weights: Path) -> tuple[Path, Path]:
     return weights.with_name(weights.stem + ".card.json"), weights.with_name(weights.stem + ".card.md")
 
 
+def card_load(path: Path) -> dict[str, Any]:
+    """The one reader of the card format: a JSON object, or ValueError naming the file."""
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"Model card {path} is not valid JSON: {err}") from err
+    if not isinstance(card, dict):
+        raise ValueError(f"Model card {path} is not a JSON object")
+    return card
+
+
+def read_card(weights: Path) -> dict[str, Any]:
+    """The model card beside a weights file (``<stem>.card.json``), or {} when there is none."""
+    json_path, _ = card_paths(weights)
+    return card_load(json_path) if json_path.is_file() else {}
+
+
+def card_for_finding(directory: Path, finding: str) -> tuple[Path, dict[str, Any]] | None:
+    """The card in ``directory`` for a finding: ``<finding>/card.json``, else a ``*.card.json`` naming the finding."""
+    candidates = [directory / finding / "card.json", *sorted(directory.glob("*.card.json"))]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        card = card_load(path)
+        if path.name == "card.json" or card.get("finding") == finding:
+            return path, card
+    return None
+
+
 def write_card(weights: Path, summary: dict[str, Any], *, version: str = CARD_VERSION) -> dict[str, Any]:
     """Write the JSON and Markdown card for ``weights`` from a training (and optionally evaluation) summary."""
     finding = summary["finding"]
@@ -65,7 +94,7 @@ def write_card(weights: Path, summary: dict[str, Any], *, version: str = CARD_VE
 def update_card(weights: Path, key: str, value: Any) -> dict[str, Any]:
     """Add or replace one section (e.g. a held-out evaluation) and rewrite both files."""
     json_path, md_path = card_paths(weights)
-    card = json.loads(json_path.read_text(encoding="utf-8"))
+    card = card_load(json_path)
     card[key] = value
     json_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     md_path.write_text(render_markdown(card), encoding="utf-8")

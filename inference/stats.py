@@ -13,7 +13,8 @@ from statistics import NormalDist
 import numpy as np
 
 
-def _z(confidence: float) -> float:
+def z_value(confidence: float) -> float:
+    """The two-sided standard normal quantile for a confidence level (1.96 for 0.95)."""
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
@@ -128,7 +129,7 @@ def delong_ci(labels: np.ndarray, scores: np.ndarray, *, confidence: float = 0.9
     v01 = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean(axis=0)
     estimate = float(v10.mean())
     var = (v10.var(ddof=1) if pos.size > 1 else 0.0) / pos.size + (v01.var(ddof=1) if neg.size > 1 else 0.0) / neg.size
-    half = _z(confidence) * math.sqrt(max(var, 0.0))
+    half = z_value(confidence) * math.sqrt(max(var, 0.0))
     return Interval(estimate, max(0.0, estimate - half), min(1.0, estimate + half), confidence)
 
 
@@ -141,7 +142,7 @@ def wilson_interval(successes: int, total: int, *, confidence: float = 0.95) -> 
         raise ValueError(f"need 0 <= successes <= total, got {successes}/{total}")
     if total == 0:
         return Interval(float("nan"), 0.0, 1.0, confidence)
-    z = _z(confidence)
+    z = z_value(confidence)
     p = successes / total
     denom = 1.0 + z * z / total
     centre = (p + z * z / (2 * total)) / denom

@@ -20,6 +20,23 @@ class Finding(models.TextChoices):
     LVO = "lvo", "Large-vessel occlusion"
 
 
+class Verdict(models.TextChoices):
+    """A radiologist's one-click verdict on an AI finding (the worklist records it; reports and monitoring read it)."""
+
+    AGREE = "agree", "Agree"
+    DISAGREE = "disagree", "Disagree"
+    UNSURE = "unsure", "Unsure"
+
+
+class ReportStatus(models.TextChoices):
+    """FHIR DiagnosticReport.status of a report version."""
+
+    PRELIMINARY = "preliminary", "Preliminary"
+    AMENDED = "amended", "Amended"
+    CORRECTED = "corrected", "Corrected"
+    ENTERED_IN_ERROR = "entered-in-error", "Entered in error"
+
+
 class User(AbstractUser):
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.RADIOLOGIST)
 
@@ -346,7 +363,7 @@ class OutboxMessage(models.Model):
     endpoint = models.ForeignKey(FhirEndpoint, on_delete=models.CASCADE, related_name="messages")
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="outbox_messages")
     finding = models.CharField(max_length=8, choices=Finding.choices)
-    report_status = models.CharField(max_length=24, default="preliminary")
+    report_status = models.CharField(max_length=24, choices=ReportStatus.choices, default=ReportStatus.PRELIMINARY)
     resource_id = models.CharField(max_length=64, help_text="Deterministic FHIR id of the DiagnosticReport")
     report_version = models.PositiveIntegerField(default=1, help_text="Counts up per endpoint and report")
     reason = models.CharField(max_length=32, default="result")

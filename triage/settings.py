@@ -168,7 +168,7 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
-# Platform settings (CONTRACT.md).
+# Platform settings (the README's settings table).
 TRIAGE_HTTP_PORT = env_int("TRIAGE_HTTP_PORT", 8000, minimum=1)
 TRIAGE_DICOMWEB_URL = env_str("TRIAGE_DICOMWEB_URL")
 TRIAGE_DICOMWEB_USERNAME = env_str("TRIAGE_DICOMWEB_USERNAME")

@@ -16,9 +16,9 @@ from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from triage.core.permissions import request_user
-from triage.models import Finding
+from triage.models import Finding, Verdict
 from worklist import selectors, services
-from worklist.models import Verdict, WorklistItem
+from worklist.models import WorklistItem
 from worklist.serializers import StudyDetailSerializer, WorklistItemSerializer
 
 

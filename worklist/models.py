@@ -7,6 +7,8 @@ from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
+from triage.models import Verdict
+
 
 class ItemStatus(models.TextChoices):
     WAITING = "waiting", "Waiting"
@@ -50,7 +52,7 @@ class WorklistItem(models.Model):
                 F("received_at").asc(),
                 F("id").asc(),
                 name="worklist_open_reading_order",
-                condition=Q(status__in=["waiting", "in_progress"]),
+                condition=Q(status__in=[ItemStatus.WAITING, ItemStatus.IN_PROGRESS]),
             ),
             models.Index(
                 fields=["critical_at"],
@@ -60,7 +62,7 @@ class WorklistItem(models.Model):
         ]
         constraints = [
             models.CheckConstraint(
-                condition=~Q(status="in_progress") | Q(claimed_by__isnull=False),
+                condition=~Q(status=ItemStatus.IN_PROGRESS) | Q(claimed_by__isnull=False),
                 name="in_progress_item_has_claimer",
             ),
             models.CheckConstraint(
@@ -71,12 +73,6 @@ class WorklistItem(models.Model):
 
     def __str__(self) -> str:
         return f"item {self.pk} {self.status}"
-
-
-class Verdict(models.TextChoices):
-    AGREE = "agree", "Agree"
-    DISAGREE = "disagree", "Disagree"
-    UNSURE = "unsure", "Unsure"
 
 
 class Feedback(models.Model):

@@ -1,18 +1,4 @@
-"""The reading-order rule, as plain functions (no database).
-
-Order, first read first:
-1. **Starving** items (still waiting, received longer ago than the cap) before everything else, so re-ordering
-   never makes an unflagged study wait without bound. Among themselves they keep the order below.
-2. **Level**, highest first: 4 critical (a current AI finding is positive), 3 STAT, 2 ASAP, 1 urgent/high,
-   0 routine. A level pinned by hand replaces the computed one; the AI never changes it.
-3. Within a level, items pinned by hand first, then clinical urgency, then (only when the AI drives the level,
-   never for pinned items) the highest positive score.
-4. Waiting time: the oldest first; then the item id, so ties are stable.
-
-Everything but the time-dependent tier folds into one integer, ``sort_key``, stored on the item and indexed; the
-database orders by ``(starving DESC, sort_key DESC, received_at ASC, id ASC)`` with the tier computed from
-``received_at < now - cap`` in the query (see ``worklist.selectors``).
-"""
+"""The reading-order rule, as plain functions (no database): docs/architecture.md (Reading order)."""
 
 from __future__ import annotations
 

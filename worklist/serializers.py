@@ -177,7 +177,10 @@ class WorklistItemSerializer(serializers.Serializer):
         if hasattr(item, "starving"):
             return bool(item.starving)
         return priority.is_starving(
-            received_at=item.received_at, now=self._now(), max_wait=max_wait(), waiting=item.status == "waiting"
+            received_at=item.received_at,
+            now=self._now(),
+            max_wait=max_wait(),
+            waiting=item.status == ItemStatus.WAITING,
         )
 
     @extend_schema_field(serializers.CharField(allow_null=True))

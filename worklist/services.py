@@ -15,9 +15,9 @@ from django.utils import timezone
 from triage.core.audit import audit_record
 from triage.core.exceptions import Conflict, InvalidInput, NotFound
 from triage.fhir import outbox
-from triage.models import Study, TriageResult, User
+from triage.models import Study, TriageResult, User, Verdict
 from worklist import events, notify, priority, selectors
-from worklist.models import Feedback, ItemStatus, Verdict, WorklistEventCounter, WorklistItem
+from worklist.models import Feedback, ItemStatus, WorklistEventCounter, WorklistItem
 
 logger = logging.getLogger(__name__)
 

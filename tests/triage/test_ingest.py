@@ -8,15 +8,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from tests.dicom_helpers import compress_jpeg_lossless
 from tests.triage.dicom_build import SeriesSpec, StudySpec, hu_volume
-from tests.triage.ingest_fixtures import (  # noqa: F401
-    fake_models,
-    no_settle,
-    pacs_source,
-    proxied_source,
-    proxy,
-    quick_retries,
-    upload_study,
-)
+from tests.triage.ingest_helpers import upload_study
 from triage.ingest.dicomweb import Pacs
 from triage.ingest.pipeline import job_process, series_volume
 from triage.ingest.services import study_request_triage
@@ -30,12 +22,12 @@ def queue(spec: StudySpec, source_name: str = "pacs") -> TriageJob:
 
 
 def run(job: TriageJob) -> TriageJob:
-    job_process(job_id=job.pk, owner="test-worker")
+    job_process(job_id=job.pk, worker_id="test-worker")
     job.refresh_from_db()
     return job
 
 
-def test_valid_study_is_fetched_routed_and_recorded(orthanc, pacs_source, fake_models):  # noqa: F811
+def test_valid_study_is_fetched_routed_and_recorded(orthanc, pacs_source, fake_models):
     spec = upload_study(orthanc, StudySpec(accession="ACC42", patient_id="PID42"))
 
     job = run(queue(spec))
@@ -51,7 +43,7 @@ def test_valid_study_is_fetched_routed_and_recorded(orthanc, pacs_source, fake_m
     assert set(job.timings) >= {"discover", "fetch", "infer", "record"}
 
 
-def test_study_without_a_routable_series_is_done_with_a_visible_reason(orthanc, pacs_source, fake_models):  # noqa: F811
+def test_study_without_a_routable_series_is_done_with_a_visible_reason(orthanc, pacs_source, fake_models):
     spec = upload_study(orthanc, StudySpec(description="CT CHEST", series=[SeriesSpec(body_part="CHEST")]))
 
     job = run(queue(spec))
@@ -102,8 +94,8 @@ BAD_INPUTS = [
 
 def test_each_bad_input_is_rejected_with_its_reason_and_a_valid_study_succeeds(
     orthanc,
-    pacs_source,  # noqa: F811
-    fake_models,  # noqa: F811
+    pacs_source,
+    fake_models,
     settings,
 ):
     settings.TRIAGE_MAX_SERIES_INSTANCES = 20
@@ -126,9 +118,9 @@ def test_each_bad_input_is_rejected_with_its_reason_and_a_valid_study_succeeds(
 
 def test_pacs_failure_during_retrieval_requeues_with_backoff_then_succeeds(
     orthanc,
-    proxy,  # noqa: F811
-    proxied_source,  # noqa: F811
-    fake_models,  # noqa: F811
+    proxy,
+    proxied_source,
+    fake_models,
     settings,
 ):
     settings.TRIAGE_PACS_RETRY_BASE_SECONDS = 30
@@ -148,7 +140,7 @@ def test_pacs_failure_during_retrieval_requeues_with_backoff_then_succeeds(
     assert (second.state, second.pacs_failures, second.attempts) == (JobState.DONE, 0, 1)
 
 
-def test_pacs_outage_loses_no_study(orthanc_server, orthanc, pacs_source, fake_models, quick_retries):  # noqa: F811
+def test_pacs_outage_loses_no_study(orthanc_server, orthanc, pacs_source, fake_models, quick_retries):
     from triage.ingest.poll import source_poll
 
     specs = [upload_study(orthanc, StudySpec(accession=f"OUT{i}")) for i in range(2)]
@@ -176,7 +168,7 @@ COMPRESSIONS = {
 
 
 @pytest.mark.parametrize("name", sorted(COMPRESSIONS))
-def test_compressed_series_decode_to_the_same_hu_through_orthanc(orthanc, pacs_source, name):  # noqa: F811
+def test_compressed_series_decode_to_the_same_hu_through_orthanc(orthanc, pacs_source, name):
     series = SeriesSpec(slices=4, size=64)
     plain = upload_study(orthanc, StudySpec(series=[series]))
     packed = upload_study(

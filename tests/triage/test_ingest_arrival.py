@@ -14,9 +14,10 @@ import pytest
 from django.utils import timezone
 
 from tests.triage.dicom_build import SeriesSpec, StudySpec
-from tests.triage.ingest_fixtures import fake_models, no_settle, pacs_source, upload_study  # noqa: F401
-from triage.ingest.pipeline import job_process, runner_get
+from tests.triage.ingest_helpers import upload_study
+from triage.ingest.pipeline import job_process
 from triage.ingest.poll import source_poll
+from triage.ingest.runners import runner_load
 from triage.ingest.services import study_request_triage
 from triage.models import JobState, ModelConfig, TriageJob, TriageResult
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.django_db
 
 
 def run(job: TriageJob) -> TriageJob:
-    job_process(job_id=job.pk, owner="test-worker")
+    job_process(job_id=job.pk, worker_id="test-worker")
     job.refresh_from_db()
     return job
 
@@ -52,8 +53,8 @@ def snapshot(job: TriageJob) -> tuple:
 
 def test_partial_study_waits_until_its_count_has_settled_then_is_read_whole(
     orthanc,
-    pacs_source,  # noqa: F811
-    fake_models,  # noqa: F811
+    pacs_source,
+    fake_models,
     settings,
 ):
     settings.TRIAGE_STUDY_SETTLE_SECONDS = 5
@@ -79,8 +80,8 @@ def test_partial_study_waits_until_its_count_has_settled_then_is_read_whole(
 
 def test_study_unchanged_for_the_settle_time_is_processed_at_the_next_claim(
     orthanc,
-    pacs_source,  # noqa: F811
-    fake_models,  # noqa: F811
+    pacs_source,
+    fake_models,
     settings,
 ):
     settings.TRIAGE_STUDY_SETTLE_SECONDS = 5
@@ -97,9 +98,9 @@ def test_study_unchanged_for_the_settle_time_is_processed_at_the_next_claim(
 
 def test_series_that_grows_between_routing_and_retrieval_is_requeued_not_rejected(
     orthanc,
-    pacs_source,  # noqa: F811
-    fake_models,  # noqa: F811
-    no_settle,  # noqa: F811
+    pacs_source,
+    fake_models,
+    no_settle,
     monkeypatch,
 ):
     from triage.ingest.dicomweb import Pacs
@@ -132,9 +133,9 @@ CTA = SeriesSpec(description="CTA HEAD NECK", contrast="IODINE", thickness=1.0, 
 
 def test_finished_study_that_gets_a_new_series_is_queued_again_by_the_poller(
     orthanc,
-    pacs_source,  # noqa: F811
-    fake_models,  # noqa: F811
-    no_settle,  # noqa: F811
+    pacs_source,
+    fake_models,
+    no_settle,
 ):
     head = upload_study(orthanc, StudySpec())
     source_poll(source=pacs_source)
@@ -177,8 +178,8 @@ def ich_weights_missing(db, tmp_path: Path) -> Path:
 
 def test_missing_weights_requeue_the_job_as_model_unavailable_until_an_admin_installs_them(
     orthanc,
-    pacs_source,  # noqa: F811
-    no_settle,  # noqa: F811
+    pacs_source,
+    no_settle,
     ich_weights_missing,
     caplog,
 ):
@@ -202,18 +203,18 @@ def test_missing_weights_requeue_the_job_as_model_unavailable_until_an_admin_ins
 
 def test_model_unavailable_fails_after_the_attempt_limit_and_the_worker_goes_on(
     orthanc,
-    pacs_source,  # noqa: F811
-    no_settle,  # noqa: F811
+    pacs_source,
+    no_settle,
     ich_weights_missing,
-    fake_models,  # noqa: F811
+    fake_models,
     monkeypatch,
     settings,
 ):
-    from triage.ingest import pipeline
+    from triage.ingest import runners
 
     settings.TRIAGE_JOB_MAX_ATTEMPTS = 2
-    fake = pipeline.runner_get
-    monkeypatch.setattr(pipeline, "runner_get", runner_get)  # the real loader, for the first study
+    fake = runners.runner_load
+    monkeypatch.setattr(runners, "runner_load", runner_load)  # the real loader, for the first study
     jobs = [
         study_request_triage(study_instance_uid=upload_study(orthanc, StudySpec()).study_uid, source_name="pacs")
         for _ in range(2)
@@ -222,7 +223,7 @@ def test_model_unavailable_fails_after_the_attempt_limit_and_the_worker_goes_on(
     states = [run(jobs[0]).state]
     make_due(jobs[0])
     states.append(run(jobs[0]).state)
-    monkeypatch.setattr(pipeline, "runner_get", fake)
+    monkeypatch.setattr(runners, "runner_load", fake)
     states.append(run(jobs[1]).state)
 
     assert states == [JobState.QUEUED, JobState.FAILED, JobState.DONE]
@@ -231,19 +232,19 @@ def test_model_unavailable_fails_after_the_attempt_limit_and_the_worker_goes_on(
 
 def test_a_missing_lvo_model_does_not_hold_back_the_bleed_result(
     orthanc,
-    pacs_source,  # noqa: F811
-    no_settle,  # noqa: F811
-    fake_models,  # noqa: F811
+    pacs_source,
+    no_settle,
+    fake_models,
     monkeypatch,
     tmp_path,
 ):
-    from triage.ingest import pipeline
+    from triage.ingest import runners
 
-    fake = pipeline.runner_get
+    fake = runners.runner_load
     monkeypatch.setattr(
-        pipeline,
-        "runner_get",
-        lambda *, finding, **kw: (runner_get if finding == "lvo" else fake)(finding=finding, **kw),
+        runners,
+        "runner_load",
+        lambda *, finding, **kw: (runner_load if finding == "lvo" else fake)(finding=finding, **kw),
     )
     ModelConfig.objects.create(
         finding="lvo", name="lvo3d", version="1", weights_path=str(tmp_path / "no.pt"), threshold=0.5

@@ -10,7 +10,7 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from tests.factories import JobFactory, SeriesFactory
-from tests.triage.ingest_fixtures import FakeRunner
+from tests.triage.ingest_helpers import FakeRunner
 from triage.ingest import jobs
 from triage.models import JobState, TriageJob, TriageResult
 
@@ -20,8 +20,8 @@ pytestmark = pytest.mark.django_db
 def test_a_job_is_claimed_by_one_worker_only():
     job = JobFactory()
 
-    first = jobs.job_claim(job_id=job.pk, owner="a")
-    second = jobs.job_claim(job_id=job.pk, owner="b")
+    first = jobs.job_claim(job_id=job.pk, worker_id="a")
+    second = jobs.job_claim(job_id=job.pk, worker_id="b")
 
     assert first is not None
     assert (first.state, first.lease_owner, first.attempts) == (JobState.FETCHING, "a", 1)
@@ -31,7 +31,7 @@ def test_a_job_is_claimed_by_one_worker_only():
 def test_a_job_whose_lease_expired_is_claimed_again():
     job = JobFactory(state=JobState.FETCHING, lease_owner="dead", lease_expires_at=timezone.now() - timedelta(1))
 
-    claimed = jobs.job_claim(job_id=job.pk, owner="b")
+    claimed = jobs.job_claim(job_id=job.pk, worker_id="b")
 
     assert claimed.lease_owner == "b"
 
@@ -39,18 +39,18 @@ def test_a_job_whose_lease_expired_is_claimed_again():
 def test_a_job_not_yet_due_is_not_claimed():
     job = JobFactory(available_at=timezone.now() + timedelta(minutes=5))
 
-    assert jobs.job_claim(job_id=job.pk, owner="a") is None
+    assert jobs.job_claim(job_id=job.pk, worker_id="a") is None
 
 
 def test_a_worker_that_lost_its_lease_cannot_finish_or_record():
     job = JobFactory()
-    mine = jobs.job_claim(job_id=job.pk, owner="slow")
+    mine = jobs.job_claim(job_id=job.pk, worker_id="slow")
     TriageJob.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    jobs.job_claim(job_id=job.pk, owner="fast")
+    jobs.job_claim(job_id=job.pk, worker_id="fast")
 
     with pytest.raises(jobs.LeaseLost):
-        jobs.job_lease_renew(job=mine, owner="slow")
-    finished = jobs.job_finish(job=mine, owner="slow", state=JobState.DONE, timings={})
+        jobs.job_lease_renew(job=mine, worker_id="slow")
+    finished = jobs.job_finish(job=mine, worker_id="slow", state=JobState.DONE, timings={})
 
     assert finished is False
     assert TriageJob.objects.get(pk=job.pk).lease_owner == "fast"
@@ -61,7 +61,7 @@ def test_results_are_recorded_only_under_the_lease(monkeypatch):
 
     series = SeriesFactory()
     job = JobFactory(study=series.study)
-    mine = jobs.job_claim(job_id=job.pk, owner="slow")
+    mine = jobs.job_claim(job_id=job.pk, worker_id="slow")
     TriageJob.objects.filter(pk=job.pk).update(lease_owner="other")
     output = FakeRunner("ich").run(np.zeros((3, 4, 4)), (1, 1, 1))
 
@@ -112,9 +112,9 @@ def test_sweeper_enqueues_a_queued_job_whose_task_is_gone_but_not_one_still_wait
 def test_pacs_failure_refunds_the_attempt_and_backs_off(settings):
     settings.TRIAGE_PACS_RETRY_BASE_SECONDS = 10
     job = JobFactory()
-    mine = jobs.job_claim(job_id=job.pk, owner="a")
+    mine = jobs.job_claim(job_id=job.pk, worker_id="a")
 
-    state = jobs.job_retry_later(job=mine, owner="a", error_code="pacs_unavailable", error_message="down", timings={})
+    state = jobs.job_retry_later(job=mine, worker_id="a", error_code="pacs_unavailable", error_message="down", timings={})
 
     job.refresh_from_db()
     assert state == JobState.QUEUED
@@ -125,9 +125,9 @@ def test_pacs_failure_refunds_the_attempt_and_backs_off(settings):
 def test_pacs_failures_give_up_after_the_limit(settings):
     settings.TRIAGE_PACS_MAX_RETRIES = 2
     job = JobFactory(pacs_failures=1)
-    mine = jobs.job_claim(job_id=job.pk, owner="a")
+    mine = jobs.job_claim(job_id=job.pk, worker_id="a")
 
-    state = jobs.job_retry_later(job=mine, owner="a", error_code="pacs_unavailable", error_message="down", timings={})
+    state = jobs.job_retry_later(job=mine, worker_id="a", error_code="pacs_unavailable", error_message="down", timings={})
 
     assert state == JobState.FAILED
     assert TriageJob.objects.get(pk=job.pk).error_code == "pacs_unavailable"
@@ -145,7 +145,7 @@ def test_unexpected_error_fails_the_job_without_patient_data(monkeypatch, caplog
 
     monkeypatch.setattr(pipeline, "_job_run", explode)
 
-    state = pipeline.job_process(job_id=job.pk, owner="a")
+    state = pipeline.job_process(job_id=job.pk, worker_id="a")
 
     job.refresh_from_db()
     assert state == JobState.FAILED
@@ -156,12 +156,12 @@ def test_unexpected_error_fails_the_job_without_patient_data(monkeypatch, caplog
 
 def test_waiting_for_a_study_to_settle_costs_no_attempt_and_no_pacs_failure(django_capture_on_commit_callbacks):
     job = JobFactory(attempts=2, pacs_failures=1)
-    mine = jobs.job_claim(job_id=job.pk, owner="a")
+    mine = jobs.job_claim(job_id=job.pk, worker_id="a")
     later = timezone.now() + timedelta(seconds=7)
 
     with django_capture_on_commit_callbacks(execute=True):
         state = jobs.job_wait_to_settle(
-            job=mine, owner="a", instance_count=40, since=timezone.now(), available_at=later, message="", timings={}
+            job=mine, worker_id="a", instance_count=40, since=timezone.now(), available_at=later, message="", timings={}
         )
 
     job.refresh_from_db()
@@ -173,9 +173,9 @@ def test_waiting_for_a_study_to_settle_costs_no_attempt_and_no_pacs_failure(djan
 def test_model_unavailable_backs_off_for_minutes_and_counts_the_attempt(settings):
     settings.TRIAGE_JOB_MAX_ATTEMPTS = 6
     job = JobFactory(attempts=2)
-    mine = jobs.job_claim(job_id=job.pk, owner="a")
+    mine = jobs.job_claim(job_id=job.pk, worker_id="a")
 
-    state = jobs.job_retry_model(job=mine, owner="a", error_code="model_unavailable", error_message="no", timings={})
+    state = jobs.job_retry_model(job=mine, worker_id="a", error_code="model_unavailable", error_message="no", timings={})
 
     job.refresh_from_db()
     assert (state, job.attempts, job.error_code) == (JobState.QUEUED, 3, "model_unavailable")

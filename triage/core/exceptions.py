@@ -54,6 +54,19 @@ class RejectedInput(TriageError):
     status = 422
 
 
+class ModelUnavailable(TriageError):
+    """A finding's model cannot be loaded; the message names the finding and the problem, never the patient."""
+
+    code = "model_unavailable"
+    status = 503
+
+    def __init__(self, finding: str, problem: str, detail: str) -> None:
+        super().__init__(
+            f"The {finding} model cannot be loaded ({problem}): {detail.rstrip('. ')}. "
+            "The study is retried later; install or fix the weights in the model configuration."
+        )
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, TriageError):
         return Response({"error": {"code": exc.code, "message": exc.message}}, status=exc.status)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email.utils import parsedate_to_datetime
@@ -21,6 +20,7 @@ from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django_tasks import task
 
+from triage.core.workers import this_worker_id
 from triage.fhir import client as fhirclient
 from triage.fhir import resources as fhir
 from triage.models import FhirEndpoint, OutboxMessage, OutboxState
@@ -86,7 +86,7 @@ def outbox_kick() -> None:
 
 def outbox_deliver_due(*, limit: int = 50, worker_id: str | None = None) -> DeliverySummary:
     """Claim up to ``limit`` due messages and deliver each once. Safe to run in several processes at once."""
-    worker_id = worker_id or f"outbox-{uuid.uuid4().hex[:12]}"
+    worker_id = worker_id or this_worker_id("outbox")
     summary = DeliverySummary()
     for message in _claim(limit=limit, worker_id=worker_id):
         summary.claimed += 1

@@ -1,13 +1,6 @@
-"""The FHIR outbox: reports written in the caller's transaction, delivered by workers exactly once in effect.
+"""The FHIR outbox: report versions written in the caller's transaction, delivered by ``triage.fhir.delivery``.
 
-Rules (docs/fhir.md):
-- One DiagnosticReport per study and finding and EMR, at a deterministic id. Every version of it is a transaction
-  Bundle of PUTs to deterministic ids, so a retry after a lost acknowledgement replaces rather than duplicates.
-- Versions count up per endpoint and report. A new version supersedes older ones that are not yet delivered, and
-  is not sent while an older one is in flight, so the EMR never receives an older version after a newer one.
-- Status: ``preliminary`` until the EMR may hold the report (a send was attempted); then ``amended`` for a new
-  result (re-run, threshold flip), ``corrected`` for a radiologist's correction, ``entered-in-error`` to retract.
-- Delivery, retries and the dead letter: ``triage.fhir.delivery``.
+Versions, statuses and retries: docs/fhir.md.
 """
 
 from __future__ import annotations
@@ -22,7 +15,17 @@ from django.utils import timezone
 from triage.core.audit import audit_record
 from triage.fhir import resources as fhir
 from triage.fhir.delivery import outbox_kick
-from triage.models import FhirAuth, FhirEndpoint, OutboxMessage, OutboxState, Study, TriageResult, User
+from triage.models import (
+    FhirAuth,
+    FhirEndpoint,
+    OutboxMessage,
+    OutboxState,
+    ReportStatus,
+    Study,
+    TriageResult,
+    User,
+    Verdict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -181,18 +184,18 @@ def _unchanged(
     """Would a new version say what the newest live one says? Compared at the newest one's status, so that
     queueing an unchanged result again does not turn a preliminary report into an amended one."""
     live = (OutboxState.PENDING, OutboxState.SENDING, OutboxState.SENT)
-    if latest is None or latest.state not in live or retract != (latest.report_status == "entered-in-error"):
+    if latest is None or latest.state not in live or retract != (latest.report_status == ReportStatus.ENTERED_IN_ERROR):
         return False
     spec = _spec(endpoint=endpoint, result=result, status=latest.report_status, reason=reason)
     return fhir.content_hash(fhir.report_bundle_build(study=study, result=result, spec=spec)) == latest.content_hash
 
 
 def _spec(*, endpoint: FhirEndpoint, result: TriageResult, status: str, reason: str) -> fhir.ReportSpec:
-    if status == "entered-in-error":
+    if status == ReportStatus.ENTERED_IN_ERROR:
         note = f"Reason: {reason}."
     else:
         # Said in every later version too: the dispute stands until the result itself changes.
-        note = DISPUTED_NOTE if result.feedback.filter(verdict="disagree").exists() else ""
+        note = DISPUTED_NOTE if result.feedback.filter(verdict=Verdict.DISAGREE).exists() else ""
     return fhir.ReportSpec(
         status=status,
         reason=reason,
@@ -205,10 +208,10 @@ def _spec(*, endpoint: FhirEndpoint, result: TriageResult, status: str, reason: 
 
 def _next_status(*, may_exist: bool, reason: str, retract: bool) -> str:
     if retract:
-        return "entered-in-error"
+        return ReportStatus.ENTERED_IN_ERROR
     if not may_exist:
-        return "preliminary"
-    return "corrected" if reason in CORRECTION_REASONS else "amended"
+        return ReportStatus.PRELIMINARY
+    return ReportStatus.CORRECTED if reason in CORRECTION_REASONS else ReportStatus.AMENDED
 
 
 def _supersede_undelivered(versions) -> None:  # noqa: ANN001 - a QuerySet

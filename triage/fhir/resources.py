@@ -1,11 +1,6 @@
 """The advisory FHIR report for one study and one finding, as a transaction Bundle of PUTs to deterministic ids.
 
-Resources (docs/fhir.md explains every code): a DiagnosticReport, one Observation for the finding, the model as a
-Device, the study as an ImagingStudy, and a Provenance naming the Device as author. Ids are UUIDv5 of the DICOM
-UIDs, so sending the same Bundle twice replaces rather than duplicates, and every later version of the report
-(amended, corrected, entered-in-error) lands on the same DiagnosticReport. FHIR R4 is built with the R4B models of
-fhir.resources (wire-compatible for these resources); R5 with the R5 models. Each resource is validated by model
-construction before the Bundle is returned.
+The resources and codes: docs/fhir.md.
 """
 
 from __future__ import annotations
@@ -20,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from triage.core.exceptions import TriageError
-from triage.models import Finding, Series, Study, TriageResult
+from triage.models import Finding, ReportStatus, Series, Study, TriageResult
 
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:ct-triage:fhir")
 CODE_SYSTEM = "urn:ct-triage:fhir:ai-triage"
@@ -53,7 +48,7 @@ FINDING_SNOMED = {
     Finding.ICH: {"system": SNOMED, "code": "1386000", "display": "Intracranial hemorrhage"},
     Finding.LVO: {"system": SNOMED, "code": "20059004", "display": "Cerebral artery occlusion"},
 }
-REPORT_STATUSES = ("preliminary", "amended", "corrected", "entered-in-error")
+REPORT_STATUSES = tuple(ReportStatus.values)
 ADVISORY = (
     "AI-generated advisory triage result, not a diagnosis. It only helps order the reading worklist; a radiologist "
     "reads every study and the radiologist's report is the result of record."
@@ -164,11 +159,12 @@ def conclusion_text(*, result: TriageResult, spec: ReportSpec) -> str:
         f"{Finding(result.finding).label}: {verdict} (score {result.score:.2f}, threshold {result.threshold:.2f}; "
         f"model {result.model_name} {result.model_version})."
     )
-    prefix = {
-        "amended": "Amended result. ",
-        "corrected": "Corrected result. ",
-        "entered-in-error": "Withdrawn: this AI result was entered in error and must be disregarded. ",
-    }.get(spec.status, "")
+    prefixes: dict[str, str] = {
+        ReportStatus.AMENDED: "Amended result. ",
+        ReportStatus.CORRECTED: "Corrected result. ",
+        ReportStatus.ENTERED_IN_ERROR: "Withdrawn: this AI result was entered in error and must be disregarded. ",
+    }
+    prefix = prefixes.get(spec.status, "")
     note = f" {spec.note}" if spec.note else ""
     return f"{prefix}{summary}{note} {ADVISORY}"
 
@@ -317,7 +313,8 @@ def diagnostic_report_resource(*, study: Study, result: TriageResult, spec: Repo
 
 def provenance_resource(*, study: Study, result: TriageResult, spec: ReportSpec) -> dict[str, Any]:
     uid = study.study_instance_uid
-    operation = {"preliminary": "CREATE", "entered-in-error": "NULLIFY"}.get(spec.status, "UPDATE")
+    operations: dict[str, str] = {ReportStatus.PRELIMINARY: "CREATE", ReportStatus.ENTERED_IN_ERROR: "NULLIFY"}
+    operation = operations.get(spec.status, "UPDATE")
     author = {"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "code": "author"}
     return {
         "resourceType": "Provenance",

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from inference.stats import Interval, _z
+from inference.stats import Interval, z_value
 
-# PSI above this is a major shift of the score distribution (DOMAIN.md: <0.1 stable, 0.1-0.25 moderate).
+# PSI above this is a major shift of the score distribution (<0.1 stable, 0.1-0.25 moderate, >0.25 major).
 PSI_ALERT = 0.25
 
 SLICE_BANDS_MM = ((1.0, "<1 mm"), (2.5, "1-2.5 mm"), (5.0, "2.5-5 mm"), (math.inf, ">=5 mm"))
@@ -82,5 +82,5 @@ def auc_delong(
     v01 = 1.0 - (np.searchsorted(pos, neg, "left") + np.searchsorted(pos, neg, "right")) / (2.0 * pos.size)
     estimate = float(v10.mean())
     var = (v10.var(ddof=1) / pos.size if pos.size > 1 else 0.0) + (v01.var(ddof=1) / neg.size if neg.size > 1 else 0.0)
-    half = _z(confidence) * math.sqrt(max(var, 0.0))
+    half = z_value(confidence) * math.sqrt(max(var, 0.0))
     return Interval(estimate, max(0.0, estimate - half), min(1.0, estimate + half), confidence)

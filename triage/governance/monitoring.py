@@ -1,9 +1,6 @@
 """Monitoring selectors: per day or week, what the models did and how fast, as plain tables.
 
-Drift baseline: the score distribution of the model version's validation set (studies with ground truth), when
-it holds at least ``MIN_BASELINE`` cases; otherwise the version's first ``BASELINE_WEEKS`` weeks in production.
-A period's PSI against it is shown from ``MIN_PSI_CASES`` cases up and raises an alert above ``metrics.PSI_ALERT``
-(0.25), the usual mark of a major shift. Times run from the study's arrival (``Study.received_at``).
+The drift baseline: docs/architecture.md (Monitoring).
 """
 
 from __future__ import annotations
@@ -28,6 +25,7 @@ from triage.models import (
     Study,
     TriageJob,
     TriageResult,
+    Verdict,
 )
 from worklist.models import Feedback
 
@@ -186,14 +184,14 @@ def agreement_table(*, finding: str, period: str, now: datetime | None = None) -
     table = Table(["period", "agree", "disagree", "unsure", "agreement", "agreement_low", "agreement_high"])
     for start in bucket_starts(period, now):
         counts = Counter(by_bucket.get(start, []))
-        decided = counts["agree"] + counts["disagree"]
-        interval = stats.wilson_interval(counts["agree"], decided) if decided else None
+        decided = counts[Verdict.AGREE] + counts[Verdict.DISAGREE]
+        interval = stats.wilson_interval(counts[Verdict.AGREE], decided) if decided else None
         table.rows.append(
             [
                 bucket_label(start),
-                counts["agree"],
-                counts["disagree"],
-                counts["unsure"],
+                counts[Verdict.AGREE],
+                counts[Verdict.DISAGREE],
+                counts[Verdict.UNSURE],
                 interval.estimate if interval else None,
                 interval.low if interval else None,
                 interval.high if interval else None,

@@ -10,6 +10,7 @@ from triage.core.exceptions import InvalidInput
 from triage.fhir.outbox import outbox_enqueue_report
 from triage.governance.validation import ground_truth_from_feedback
 from triage.models import DicomWebSource, ModelConfig, ThresholdOverride, TriageResult, User
+from worklist.models import ItemStatus
 from worklist.services import worklist_items_resync
 
 
@@ -19,7 +20,7 @@ def _results_under_threshold(*, model_config: ModelConfig, source: DicomWebSourc
     A reported study keeps the threshold it was read under; re-flagging it would only amend a closed case.
     """
     results = TriageResult.objects.filter(finding=model_config.finding, is_current=True).exclude(
-        study__worklist_item__status="reported"
+        study__worklist_item__status=ItemStatus.REPORTED
     )
     if source is not None:
         return results.filter(study__source=source)

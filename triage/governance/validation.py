@@ -30,8 +30,9 @@ from triage.models import (
     Study,
     TriageResult,
     User,
+    Verdict,
 )
-from worklist.models import Feedback, Verdict
+from worklist.models import Feedback
 
 LABEL_VALUES = {"1": True, "true": True, "positive": True, "0": False, "false": False, "negative": False}
 GROUND_TRUTH_PRECEDENCE = (GroundTruthSource.CSV, GroundTruthSource.REPORT, GroundTruthSource.FEEDBACK)

@@ -1,19 +1,6 @@
-"""Triage jobs as a queue in the database.
+"""Triage jobs as a queue in the database: claim, lease, retry, sweep.
 
-The ``TriageJob`` row is the source of truth; tasks in the task queue only say "look at job N". A task claims its
-job with one conditional UPDATE and holds it under a lease that each stage renews. Results are recorded in the
-same transaction that checks the lease is still ours, so a worker that lost its lease (killed, paused, too slow)
-can never record a second set of results. Duplicate tasks are harmless: their claim matches no row.
-
-A worker killed with SIGKILL leaves its job in ``fetching``/``inferring`` with a lease that expires; the sweeper
-(run by ``triage_poll``) puts such jobs back in the queue, and re-enqueues queued jobs that have no waiting task.
-``attempts`` counts claims that did not end in a PACS error, so a study that keeps crashing workers fails with
-``max_attempts``; PACS failures are counted in ``pacs_failures`` and retried with exponential backoff for longer,
-because an outage is not the study's fault.
-
-A study still arriving (its instance count changed within ``TRIAGE_STUDY_SETTLE_SECONDS``) goes back to the queue
-until it has settled, costing neither an attempt nor a PACS failure. A model that cannot be loaded (weights missing,
-wrong hash or shape) costs an attempt and is retried with a long backoff, so an admin can install the weights.
+The lease and retry rules: docs/architecture.md (Jobs).
 """
 
 from __future__ import annotations
@@ -50,13 +37,13 @@ def _lease_until(now: datetime) -> datetime:
     return now + timedelta(seconds=settings.TRIAGE_JOB_LEASE_SECONDS)
 
 
-def job_claim(*, job_id: int, owner: str) -> TriageJob | None:
+def job_claim(*, job_id: int, worker_id: str) -> TriageJob | None:
     """Take the job if it is due, or if its holder's lease ran out; None when someone else has it or it is over."""
     now = timezone.now()
     due = Q(state=JobState.QUEUED, available_at__lte=now) | Q(state__in=ACTIVE_JOB_STATES, lease_expires_at__lt=now)
     claimed = TriageJob.objects.filter(due, pk=job_id, attempts__lt=settings.TRIAGE_JOB_MAX_ATTEMPTS).update(
         state=JobState.FETCHING,
-        lease_owner=owner,
+        lease_owner=worker_id,
         lease_expires_at=_lease_until(now),
         attempts=F("attempts") + 1,
         started_at=Coalesce(F("started_at"), now),
@@ -66,13 +53,13 @@ def job_claim(*, job_id: int, owner: str) -> TriageJob | None:
     return TriageJob.objects.select_related("study", "study__source").get(pk=job_id)
 
 
-def job_lease_renew(*, job: TriageJob, owner: str, state: str | None = None) -> None:
+def job_lease_renew(*, job: TriageJob, worker_id: str, state: str | None = None) -> None:
     """Extend the lease (and move to ``state``); raise LeaseLost if the job is no longer ours."""
     now = timezone.now()
     changes: dict = {"lease_expires_at": _lease_until(now)}
     if state is not None:
         changes["state"] = state
-    held = TriageJob.objects.filter(pk=job.pk, lease_owner=owner, state__in=ACTIVE_JOB_STATES).update(**changes)
+    held = TriageJob.objects.filter(pk=job.pk, lease_owner=worker_id, state__in=ACTIVE_JOB_STATES).update(**changes)
     if not held:
         raise LeaseLost(f"job {job.pk}")
     job.lease_expires_at = changes["lease_expires_at"]
@@ -80,20 +67,20 @@ def job_lease_renew(*, job: TriageJob, owner: str, state: str | None = None) -> 
         job.state = state
 
 
-def job_lock_held(*, job: TriageJob, owner: str) -> TriageJob:
+def job_lock_held(*, job: TriageJob, worker_id: str) -> TriageJob:
     """Inside a transaction: lock the job row and check the lease is still ours before writing results."""
     locked = TriageJob.objects.select_for_update().filter(pk=job.pk).first()
-    if locked is None or locked.lease_owner != owner or locked.state not in ACTIVE_JOB_STATES:
+    if locked is None or locked.lease_owner != worker_id or locked.state not in ACTIVE_JOB_STATES:
         raise LeaseLost(f"job {job.pk}")
     return locked
 
 
 def job_finish(
-    *, job: TriageJob, owner: str, state: str, error_code: str = "", error_message: str = "", timings: dict
+    *, job: TriageJob, worker_id: str, state: str, error_code: str = "", error_message: str = "", timings: dict
 ) -> bool:
     """End the job in a final state if it is still ours. Returns False when the lease was lost."""
     now = timezone.now()
-    finished = TriageJob.objects.filter(pk=job.pk, lease_owner=owner, state__in=ACTIVE_JOB_STATES).update(
+    finished = TriageJob.objects.filter(pk=job.pk, lease_owner=worker_id, state__in=ACTIVE_JOB_STATES).update(
         state=state,
         error_code=error_code,
         error_message=error_message[:2000],
@@ -113,20 +100,24 @@ def pacs_backoff_seconds(failures: int) -> float:
     return ceiling * random.uniform(0.5, 1.0)
 
 
-def job_retry_later(*, job: TriageJob, owner: str, error_code: str, error_message: str, timings: dict) -> str:
+def job_retry_later(*, job: TriageJob, worker_id: str, error_code: str, error_message: str, timings: dict) -> str:
     """Back to the queue after a PACS failure, with backoff; failed once the PACS has failed too many times.
 
     The claim that ended here does not count as an attempt: the PACS, not the study, was at fault.
     Returns the job's new state.
     """
     with transaction.atomic():
-        locked = job_lock_held(job=job, owner=owner)
+        locked = job_lock_held(job=job, worker_id=worker_id)
         failures = locked.pacs_failures + 1
         if failures >= settings.TRIAGE_PACS_MAX_RETRIES:
             job_finish(
-                job=locked, owner=owner, state=JobState.FAILED, error_code=error_code, error_message=error_message,
+                job=locked,
+                worker_id=worker_id,
+                state=JobState.FAILED,
+                error_code=error_code,
+                error_message=error_message,
                 timings=timings,
-            )  # fmt: skip
+            )
             return JobState.FAILED
         _requeue_after(
             job=job, seconds=pacs_backoff_seconds(failures), error_code=error_code, error_message=error_message,
@@ -153,9 +144,9 @@ def _requeue_after(
     job_enqueue_on_commit(job_id=job.pk, run_after=available_at)
 
 
-def job_settle_note(*, job: TriageJob, owner: str, instance_count: int | None, since: datetime) -> None:
+def job_settle_note(*, job: TriageJob, worker_id: str, instance_count: int | None, since: datetime) -> None:
     """Remember the study's instance count and since when it has held, while the job is still ours."""
-    held = TriageJob.objects.filter(pk=job.pk, lease_owner=owner, state__in=ACTIVE_JOB_STATES).update(
+    held = TriageJob.objects.filter(pk=job.pk, lease_owner=worker_id, state__in=ACTIVE_JOB_STATES).update(
         instance_count=instance_count, instance_count_since=since
     )
     if not held:
@@ -166,7 +157,7 @@ def job_settle_note(*, job: TriageJob, owner: str, instance_count: int | None, s
 def job_wait_to_settle(
     *,
     job: TriageJob,
-    owner: str,
+    worker_id: str,
     instance_count: int | None,
     since: datetime,
     available_at: datetime,
@@ -176,7 +167,7 @@ def job_wait_to_settle(
 ) -> str:
     """Back to the queue until the study has stopped changing. ``refund``: the claim is not counted as an attempt."""
     with transaction.atomic():
-        job_lock_held(job=job, owner=owner)
+        job_lock_held(job=job, worker_id=worker_id)
         TriageJob.objects.filter(pk=job.pk).update(
             state=JobState.QUEUED,
             attempts=F("attempts") - 1 if refund else F("attempts"),
@@ -198,15 +189,19 @@ def model_backoff_seconds(attempts: int) -> float:
     return ceiling * random.uniform(0.5, 1.0)
 
 
-def job_retry_model(*, job: TriageJob, owner: str, error_code: str, error_message: str, timings: dict) -> str:
+def job_retry_model(*, job: TriageJob, worker_id: str, error_code: str, error_message: str, timings: dict) -> str:
     """A model could not be loaded: retry with a long backoff (the claim counts), failed at the attempt limit."""
     with transaction.atomic():
-        locked = job_lock_held(job=job, owner=owner)
+        locked = job_lock_held(job=job, worker_id=worker_id)
         if locked.attempts >= settings.TRIAGE_JOB_MAX_ATTEMPTS:
             job_finish(
-                job=locked, owner=owner, state=JobState.FAILED, error_code=error_code, error_message=error_message,
+                job=locked,
+                worker_id=worker_id,
+                state=JobState.FAILED,
+                error_code=error_code,
+                error_message=error_message,
                 timings=timings,
-            )  # fmt: skip
+            )
             return JobState.FAILED
         _requeue_after(
             job=job, seconds=model_backoff_seconds(locked.attempts), error_code=error_code,

@@ -1,48 +1,25 @@
 """The stages of one triage job: discover and route series, retrieve, assemble, infer, record.
 
-One routed series at a time is retrieved, assembled, run and dropped, so a worker holds at most one volume.
-A study is triaged only once it has settled: PACSes receive studies instance by instance, and a study queued by
-the poller or the PACS hook half-way through would otherwise be routed and read incomplete. Each claim compares the
-study's instance count (QIDO-RS NumberOfStudyRelatedInstances) with the count the job saw last; until it has held
-for ``TRIAGE_STUDY_SETTLE_SECONDS`` the job goes back to the queue for the remaining time. A series that holds more
-(or fewer) instances when retrieved than when it was routed means the study changed in between: back to the queue.
-A study that grows after its job finished (a CTA sent after the head CT) is queued again by the poller.
-
-Outcomes:
-
-- a PACS failure (timeout, lost connection, 429, 5xx) puts the job back in the queue with backoff;
-- a study still arriving goes back to the queue until it has settled (no attempt is counted);
-- a model that cannot be loaded (weights missing, wrong hash, wrong architecture or shape, device absent) puts the
-  job back in the queue with a long backoff as ``model_unavailable``, after recording the findings whose models did
-  run; after ``TRIAGE_JOB_MAX_ATTEMPTS`` it ends ``failed`` (``done`` if some finding was recorded);
-- a series that cannot become a volume (``VolumeError``) is skipped with its reason; the job is ``rejected``
-  with that code and message when no routed series could be used;
-- a study without a routable series is ``done`` with ``error_code="no_routable_series"`` and no results;
-- anything else is ``failed`` with ``internal_error``; the log names the job id and the exception type only.
+Settling, outcomes and retries: docs/architecture.md (A job's stages).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from triage.core.audit import audit_record
-from triage.core.exceptions import PacsError
-from triage.core.selectors import model_config_for, threshold_for
+from triage.core.exceptions import ModelUnavailable, PacsError, TriageError
+from triage.core.workers import this_worker_id
 from triage.ingest import jobs
 from triage.ingest.dicomweb import (
     NUMBER_OF_SERIES_INSTANCES,
@@ -54,40 +31,24 @@ from triage.ingest.dicomweb import (
     json_value,
 )
 from triage.ingest.routing import default_routing_rules, route_series, series_tags_from_dicom_json
+from triage.ingest.runners import key_image, model_runner, runner_infer
 from triage.ingest.services import results_record
 from triage.ingest.tags import series_defaults, study_tags_apply
 from triage.models import JobState, RoutingRule, Series, Study, TriageJob
+
+if TYPE_CHECKING:
+    from inference.dicom import Volume
+    from inference.runner import TriageOutput
 
 logger = logging.getLogger(__name__)
 
 STUDY_NOT_FOUND_RETRIES = 3
 
 
-@lru_cache(maxsize=1)
-def worker_identity() -> str:
-    """host:pid:random, unique per process, so a lease names the process that holds it."""
-    return f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class StudyUnsettled(Exception):
+class StudyUnsettled(TriageError):
     """The study changed while the job was reading it: try again once it has settled."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class ModelUnavailable(Exception):
-    """A finding's model cannot be loaded; the message names the finding and the problem, never the patient."""
-
-    code = "model_unavailable"
-
-    def __init__(self, finding: str, problem: str, detail: str) -> None:
-        self.message = (
-            f"The {finding} model cannot be loaded ({problem}): {detail.rstrip('. ')}. "
-            "The study is retried later; install or fix the weights in the model configuration."
-        )
-        super().__init__(self.message)
+    code = "study_unsettled"
 
 
 @dataclass(frozen=True)
@@ -101,7 +62,7 @@ class Arrival:
 
 @dataclass
 class Outcome:
-    outputs: list[tuple[Series, Any, bytes | None]] = field(default_factory=list)
+    outputs: list[tuple[Series, TriageOutput, bytes | None]] = field(default_factory=list)
     rejections: list[tuple[Series, str, str]] = field(default_factory=list)
     unavailable: list[ModelUnavailable] = field(default_factory=list)
     routed: int = 0
@@ -118,29 +79,29 @@ def stage(timings: dict[str, float], name: str) -> Iterator[None]:
         timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - started, 4)
 
 
-def job_process(*, job_id: int, owner: str | None = None) -> str | None:
+def job_process(*, job_id: int, worker_id: str | None = None) -> str | None:
     """Claim the job and take it as far as it goes. Returns its final (or re-queued) state, None if not claimed."""
-    owner = owner or worker_identity()
-    job = jobs.job_claim(job_id=job_id, owner=owner)
+    worker_id = worker_id or this_worker_id("ingest")
+    job = jobs.job_claim(job_id=job_id, worker_id=worker_id)
     if job is None:
         return None
     timings: dict[str, float] = dict(job.timings or {})
     try:
-        return _job_run(job, owner, timings)
+        return _job_run(job, worker_id, timings)
     except jobs.LeaseLost:
         logger.warning("job %s: lease lost to another worker; stopping", job_id)
         return None
     except PacsError as err:
         return jobs.job_retry_later(
-            job=job, owner=owner, error_code=err.code, error_message=err.message, timings=timings
+            job=job, worker_id=worker_id, error_code=err.code, error_message=err.message, timings=timings
         )
     except StudyUnsettled as err:
-        return _job_wait_after_change(job, owner, timings, err)
+        return _job_wait_after_change(job, worker_id, timings, err)
     except Exception as err:  # noqa: BLE001 - the worker's loop boundary: record, never crash, never log patient data
         logger.error("job %s failed with an unexpected %s", job_id, type(err).__name__)
         jobs.job_finish(
             job=job,
-            owner=owner,
+            worker_id=worker_id,
             state=JobState.FAILED,
             error_code="internal_error",
             error_message=f"Unexpected {type(err).__name__}; see the worker log for job {job_id}.",
@@ -149,26 +110,26 @@ def job_process(*, job_id: int, owner: str | None = None) -> str | None:
         return JobState.FAILED
 
 
-def _job_run(job: TriageJob, owner: str, timings: dict[str, float]) -> str:
+def _job_run(job: TriageJob, worker_id: str, timings: dict[str, float]) -> str:
     study = job.study
     if study.source is None:
-        return _job_end(job, owner, timings, JobState.FAILED, "no_source", "No DICOMweb source is configured.")
+        return _job_end(job, worker_id, timings, JobState.FAILED, "no_source", "No DICOMweb source is configured.")
     pacs = Pacs.for_source(study.source)
     with stage(timings, "discover"):
         found = pacs.search_series(study.study_instance_uid)
         arrival = study_arrival(job=job, pacs=pacs, found=found) if _has_ct(found) else None
     if arrival is not None and arrival.wait_seconds > 0:
-        return _job_wait_to_settle(job, owner, timings, arrival)
+        return _job_wait_to_settle(job, worker_id, timings, arrival)
     if arrival is not None:
-        jobs.job_settle_note(job=job, owner=owner, instance_count=arrival.instance_count, since=arrival.since)
+        jobs.job_settle_note(job=job, worker_id=worker_id, instance_count=arrival.instance_count, since=arrival.since)
     with stage(timings, "discover"):
-        routed = study_discover(job=job, owner=owner, pacs=pacs, found=found)
+        routed = study_discover(job=job, worker_id=worker_id, pacs=pacs, found=found)
     if routed is None:
-        return _job_not_found(job, owner, timings)
+        return _job_not_found(job, worker_id, timings)
     outcome = Outcome(routed=len(routed), checked=Series.objects.filter(study=study).count())
     for series in routed:
-        series_triage(job=job, owner=owner, pacs=pacs, series=series, outcome=outcome, timings=timings)
-    return _job_conclude(job, owner, timings, outcome)
+        series_triage(job=job, worker_id=worker_id, pacs=pacs, series=series, outcome=outcome, timings=timings)
+    return _job_conclude(job, worker_id, timings, outcome)
 
 
 def study_arrival(*, job: TriageJob, pacs: Pacs, found: list[dict]) -> Arrival:
@@ -190,25 +151,25 @@ def study_arrival(*, job: TriageJob, pacs: Pacs, found: list[dict]) -> Arrival:
     return Arrival(instance_count=count, since=since, wait_seconds=max(0.0, wait))
 
 
-def _job_wait_to_settle(job: TriageJob, owner: str, timings: dict[str, float], arrival: Arrival) -> str:
+def _job_wait_to_settle(job: TriageJob, worker_id: str, timings: dict[str, float], arrival: Arrival) -> str:
     settle = settings.TRIAGE_STUDY_SETTLE_SECONDS
     message = (
         f"Waiting for the study to finish arriving: {arrival.instance_count} instance(s), "
         f"unchanged for {settle - arrival.wait_seconds:.0f} of {settle:.0f} s."
     )
     return jobs.job_wait_to_settle(
-        job=job, owner=owner, instance_count=arrival.instance_count, since=arrival.since,
+        job=job, worker_id=worker_id, instance_count=arrival.instance_count, since=arrival.since,
         available_at=timezone.now() + timedelta(seconds=arrival.wait_seconds), message=message, timings=timings,
     )  # fmt: skip
 
 
-def _job_wait_after_change(job: TriageJob, owner: str, timings: dict[str, float], err: StudyUnsettled) -> str:
+def _job_wait_after_change(job: TriageJob, worker_id: str, timings: dict[str, float], err: StudyUnsettled) -> str:
     """The count is unknown again, so the next claim starts the settle time afresh. The claim counts as an
     attempt: a PACS whose counts never match what it serves cannot hold a job in the queue for ever."""
     now = timezone.now()
     logger.info("job %s: the study changed while it was read; waiting for it to settle", job.pk)
     return jobs.job_wait_to_settle(
-        job=job, owner=owner, instance_count=None, since=now,
+        job=job, worker_id=worker_id, instance_count=None, since=now,
         available_at=now + timedelta(seconds=settings.TRIAGE_STUDY_SETTLE_SECONDS),
         message=f"{err.message} Waiting for the study to settle.", timings=timings, refund=False,
     )  # fmt: skip
@@ -218,7 +179,9 @@ def _has_ct(found: list[dict]) -> bool:
     return any(_modality(item) == "CT" for item in found)
 
 
-def study_discover(*, job: TriageJob, owner: str, pacs: Pacs, found: list[dict] | None = None) -> list[Series] | None:
+def study_discover(
+    *, job: TriageJob, worker_id: str, pacs: Pacs, found: list[dict] | None = None
+) -> list[Series] | None:
     """Read one instance's metadata of each CT series (from ``found``, the series query, else QIDO now), store tags
     and routing. None: the study is not on the PACS."""
     study = job.study
@@ -228,7 +191,7 @@ def study_discover(*, job: TriageJob, owner: str, pacs: Pacs, found: list[dict] 
     rows: list[Series] = []
     first_instance: dict | None = None
     for item in found:
-        jobs.job_lease_renew(job=job, owner=owner)
+        jobs.job_lease_renew(job=job, worker_id=worker_id)
         series_uid = json_value(item, "0020000E")
         instance = pacs.first_instance_metadata(study.study_instance_uid, series_uid) if series_uid else None
         if instance is None:
@@ -288,7 +251,7 @@ def _better(candidate: Series, best: Series) -> bool:
     return mine > theirs if candidate.routed_model == "ich" else mine < theirs
 
 
-def series_volume(*, pacs: Pacs, series: Series, instance: dict | None = None, last_try: bool = True) -> Any:
+def series_volume(*, pacs: Pacs, series: Series, instance: dict | None = None, last_try: bool = True) -> Volume:
     """Retrieve one series in its stored transfer syntax and assemble its HU volume, within the size limits.
 
     A series that holds another number of instances than it did when routed is still changing: StudyUnsettled,
@@ -329,7 +292,7 @@ def _int_tag(item: dict, tag: str) -> int | None:
 
 
 def series_triage(
-    *, job: TriageJob, owner: str, pacs: Pacs, series: Series, outcome: Outcome, timings: dict[str, float]
+    *, job: TriageJob, worker_id: str, pacs: Pacs, series: Series, outcome: Outcome, timings: dict[str, float]
 ) -> None:
     """Retrieve, assemble and run one routed series; a bad series is recorded as rejected and skipped.
 
@@ -337,10 +300,10 @@ def series_triage(
     """
     from inference.dicom import VolumeError
 
-    jobs.job_lease_renew(job=job, owner=owner, state=JobState.FETCHING)
+    jobs.job_lease_renew(job=job, worker_id=worker_id, state=JobState.FETCHING)
     try:
         with stage(timings, "model"):
-            runner = series_runner(finding=series.routed_model)
+            runner = model_runner(finding=series.routed_model)
     except ModelUnavailable as err:
         outcome.unavailable.append(err)
         return
@@ -361,97 +324,36 @@ def series_triage(
     except (PacsNotFound, PacsRequestRejected) as err:
         outcome.rejections.append((series, err.code, err.message))
         return
-    jobs.job_lease_renew(job=job, owner=owner, state=JobState.INFERRING)
+    jobs.job_lease_renew(job=job, worker_id=worker_id, state=JobState.INFERRING)
     with stage(timings, "infer"):
-        output = series_infer(study=job.study, runner=runner, volume=volume)
+        output = runner_infer(runner=runner, volume=volume, source=job.study.source)
     with stage(timings, "key_image"):
         png = key_image(volume=volume, output=output)
     outcome.outputs.append((series, output, png))
 
 
-def series_runner(*, finding: str) -> Any:
-    """The finding's loaded model as configured; None when an admin disabled it. Raises ModelUnavailable."""
-    config = model_config_for(finding=finding)
-    if config is not None and not config.enabled:
-        return None
-    return runner_load(
-        finding=finding,
-        weights=weights_path(finding=finding, configured=config.weights_path if config else ""),
-        sha256=(config.weights_sha256 or None) if config else None,
-    )
-
-
-def series_infer(*, study: Study, runner: Any, volume: Any) -> Any:
-    """Run the model; the threshold in force for the study's source decides ``positive``."""
-    output = runner.run(volume.hu, volume.spacing_mm)
-    threshold = threshold_for(finding=runner.finding, source=study.source)
-    if threshold is None:
-        threshold = runner.threshold
-    return replace(output, threshold=threshold, positive=bool(output.score >= threshold))
-
-
-def key_image(*, volume: Any, output: Any) -> bytes | None:
-    from inference.runner import render_key_image
-
-    return render_key_image(volume.hu, output)
-
-
-def weights_path(*, finding: str, configured: str) -> str | None:
-    """ModelConfig.weights_path (relative to TRIAGE_MODEL_DIR), else TRIAGE_MODEL_DIR's default file, else shipped."""
-    model_dir = settings.TRIAGE_MODEL_DIR
-    if configured:
-        path = Path(configured)
-        return str(path if path.is_absolute() or not model_dir else Path(model_dir) / path)
-    if model_dir:
-        from inference.loader import shipped_weights
-
-        return str(Path(model_dir) / shipped_weights(finding).name)
-    return None
-
-
-def runner_load(*, finding: str, weights: str | None, sha256: str | None) -> Any:
-    """The finding's runner; a model that cannot be loaded is ModelUnavailable (and is tried again next time)."""
-    from inference.loader import ModelLoadError
-    from inference.runner import DeviceUnavailable
-
-    try:
-        return runner_get(finding=finding, weights=weights, sha256=sha256, device=settings.TRIAGE_DEVICE)
-    except ModelLoadError as err:
-        raise ModelUnavailable(finding, err.code, err.message) from err
-    except DeviceUnavailable as err:
-        raise ModelUnavailable(finding, err.code, str(err)) from err
-
-
-@lru_cache(maxsize=8)
-def runner_get(*, finding: str, weights: str | None, sha256: str | None, device: str) -> Any:
-    """One loaded model per (finding, weights, device) per process: loading is slow, running is not."""
-    from inference.runner import ModelRunner
-
-    return ModelRunner(finding, weights=weights, sha256=sha256, device=device)
-
-
-def _job_not_found(job: TriageJob, owner: str, timings: dict[str, float]) -> str:
+def _job_not_found(job: TriageJob, worker_id: str, timings: dict[str, float]) -> str:
     """The PACS has no CT series for the study: maybe not arrived yet, so retry a few times, then reject."""
     if job.pacs_failures + 1 < STUDY_NOT_FOUND_RETRIES:
         raise PacsError("The PACS has no CT series for this study (yet).", code="study_not_found")
-    return _job_end(job, owner, timings, JobState.REJECTED, "study_not_found", "The PACS has no CT series for it.")
+    return _job_end(job, worker_id, timings, JobState.REJECTED, "study_not_found", "The PACS has no CT series for it.")
 
 
-def _job_conclude(job: TriageJob, owner: str, timings: dict[str, float], outcome: Outcome) -> str:
+def _job_conclude(job: TriageJob, worker_id: str, timings: dict[str, float], outcome: Outcome) -> str:
     if outcome.routed == 0:
         message = f"No series matched a routing rule ({outcome.checked} CT series checked)."
-        return _job_end(job, owner, timings, JobState.DONE, "no_routable_series", message, record=[])
+        return _job_end(job, worker_id, timings, JobState.DONE, "no_routable_series", message, record=[])
     if outcome.unavailable:
-        return _job_retry_models(job, owner, timings, outcome)
+        return _job_retry_models(job, worker_id, timings, outcome)
     if not outcome.outputs and outcome.rejections:
         _, code, message = outcome.rejections[0]
-        return _job_end(job, owner, timings, JobState.REJECTED, code, message, record=[])
+        return _job_end(job, worker_id, timings, JobState.REJECTED, code, message, record=[])
     notes = [f"{s.routed_model}: {code}: {message}" for s, code, message in outcome.rejections] + outcome.notes
     code = outcome.rejections[0][1] if outcome.rejections else ""
-    return _job_end(job, owner, timings, JobState.DONE, code, " ".join(notes), record=outcome.outputs)
+    return _job_end(job, worker_id, timings, JobState.DONE, code, " ".join(notes), record=outcome.outputs)
 
 
-def _job_retry_models(job: TriageJob, owner: str, timings: dict[str, float], outcome: Outcome) -> str:
+def _job_retry_models(job: TriageJob, worker_id: str, timings: dict[str, float], outcome: Outcome) -> str:
     """Some model could not be loaded. The findings that could be run are recorded now (a missing LVO model must
     not hold back a bleed), and the job is retried later for the rest; at the attempt limit it ends as it stands."""
     err = outcome.unavailable[0]
@@ -459,18 +361,20 @@ def _job_retry_models(job: TriageJob, owner: str, timings: dict[str, float], out
     logger.warning("job %s: %s", job.pk, message)
     if job.attempts >= settings.TRIAGE_JOB_MAX_ATTEMPTS:
         state = JobState.DONE if outcome.outputs else JobState.FAILED
-        return _job_end(job, owner, timings, state, err.code, message, record=outcome.outputs)
+        return _job_end(job, worker_id, timings, state, err.code, message, record=outcome.outputs)
     with transaction.atomic():
-        jobs.job_lock_held(job=job, owner=owner)
+        jobs.job_lock_held(job=job, worker_id=worker_id)
         if outcome.outputs:
             with stage(timings, "record"):
                 results_record(job=job, outputs=outcome.outputs)
-        return jobs.job_retry_model(job=job, owner=owner, error_code=err.code, error_message=message, timings=timings)
+        return jobs.job_retry_model(
+            job=job, worker_id=worker_id, error_code=err.code, error_message=message, timings=timings
+        )
 
 
 def _job_end(
     job: TriageJob,
-    owner: str,
+    worker_id: str,
     timings: dict[str, float],
     state: str,
     code: str,
@@ -480,12 +384,12 @@ def _job_end(
 ) -> str:
     """Final state, and results when ``record`` is given, in one transaction that checks the lease is still ours."""
     with transaction.atomic():
-        jobs.job_lock_held(job=job, owner=owner)
+        jobs.job_lock_held(job=job, worker_id=worker_id)
         if record is not None:
             with stage(timings, "record"):
                 results_record(job=job, outputs=record)
         jobs.job_finish(
-            job=job, owner=owner, state=state, error_code=code, error_message=message, timings=timings
+            job=job, worker_id=worker_id, state=state, error_code=code, error_message=message, timings=timings
         )  # fmt: skip
         audit_record(action=f"job.{state}", obj=job, data={"error_code": code, "attempts": job.attempts})
     logger.info("job %s %s%s", job.pk, state, f" ({code})" if code else "")

@@ -1,23 +1,6 @@
 """Incremental QIDO-RS polling of each enabled source for CT studies.
 
-DICOMweb cannot ask "what arrived since T": QIDO-RS filters on DICOM attributes only, and a study's StudyDate is
-when it was acquired, not when it reached the PACS. The cursor in ``DicomWebSource.poll_cursor`` therefore keeps:
-
-- ``watermark``: the server date of the last complete scan. Each poll scans every study dated from
-  ``watermark - TRIAGE_POLL_OVERLAP_DAYS`` on, all pages. The overlap covers midnight and clock skew; after an
-  outage the watermark has not moved, so the window grows to cover every day the PACS was unreachable.
-- ``sweep_offset``: a rolling scan, one page per poll, of the older studies dated within
-  ``TRIAGE_POLL_LOOKBACK_DAYS``: studies that arrive late with an older StudyDate (a transfer from another
-  hospital, a delayed send) are found within one sweep cycle. Older studies, and studies without a StudyDate, are
-  not polled for; the PACS hook (``POST /api/v1/studies/notify/``) covers them.
-- ``paging``: how the server pages. Standard servers return ``limit`` results starting at ``offset``; Orthanc 1.10
-  with DICOMweb 1.7 returns results ``offset`` to ``limit`` (so ``offset >= limit`` is always empty). The first
-  empty page after a full one is probed both ways and the answer remembered.
-
-Every study found is deduplicated against the Study table (its UID is unique), so rescanning costs requests, not
-duplicate jobs; known UIDs are skipped with one query per page. A known study whose job has finished is queued again
-when the PACS now reports more instances for it (NumberOfStudyRelatedInstances) than the job last saw: a series
-sent later, such as a CTA after the head CT, is triaged too, and the new results supersede the old per finding.
+The cursor (watermark, rolling sweep, paging probe): docs/architecture.md (Polling).
 """
 
 from __future__ import annotations

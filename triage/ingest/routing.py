@@ -1,30 +1,10 @@
 """Which model a series goes to: ordered, admin-editable rules matched against the series' DICOM tags.
 
-Matching is a pure function of :class:`SeriesTags` and rule-like objects (the ``RoutingRule`` model, or the
-:class:`RuleSpec` defaults), so it is tested without a database. A rule sends a series to its model when every
-condition set on it holds; rules are tried by ascending ``order`` and the first match wins.
-
-Conditions, all case-insensitive:
-
-- ``modality``: equals the series' modality (blank: any).
-- ``body_part_regex`` (anatomy): searched in Body Part Examined; a series without a body part is judged by its
-  series and study descriptions instead, because many scanners leave the tag empty.
-- ``description_regex``: searched in the series and the study description; either may match.
-- ``exclude_description_regex``: must not match the series description. Only the series: a stroke-protocol study
-  described "CT HEAD + CTA" holds a non-contrast series that must still reach the ICH model.
-- ``contrast``: ``required`` needs a Contrast/Bolus Agent, ``absent`` needs none ("NONE", "NO" and the like count as
-  none), ``any`` ignores it.
-- slice thickness within [min, max] mm, at least ``min_instances`` images.
-- ``require_image_type_original``: the Image Type starts with ORIGINAL and names no localizer, projection or
-  reformat.
-
-A value the PACS did not report (thickness, instance count, image type) passes its condition: the ingest fills what
-it can from instance metadata, and volume assembly checks the geometry again.
+The rules and their conditions are described in docs/architecture.md (Routing).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -35,6 +15,7 @@ from typing import Any, Protocol
 
 from django.db import transaction
 
+from inference.modelcard import card_for_finding
 from triage.core.audit import audit_record
 from triage.models import ModelConfig, RoutingRule
 
@@ -382,22 +363,10 @@ def default_model_configs(weights_dir: Path | None) -> list[ModelDefaults]:
     return [_from_card(weights_dir, fallback) for fallback in _MODEL_DEFAULTS.values()]
 
 
-def _card_for(weights_dir: Path, finding: str) -> tuple[Path, dict[str, Any]] | None:
-    candidates = [weights_dir / finding / "card.json", *sorted(weights_dir.glob("*.card.json"))]
-    for path in candidates:
-        if not path.is_file():
-            continue
-        try:
-            card = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise ValueError(f"Model card {path} is not valid JSON: {err}") from err
-        if path.name == "card.json" or (isinstance(card, dict) and card.get("finding") == finding):
-            return path, card
-    return None
-
-
 def _from_card(weights_dir: Path | None, fallback: ModelDefaults) -> ModelDefaults:
-    found = _card_for(weights_dir, fallback.finding) if weights_dir is not None and weights_dir.is_dir() else None
+    found = (
+        card_for_finding(weights_dir, fallback.finding) if weights_dir is not None and weights_dir.is_dir() else None
+    )
     if found is None:
         return fallback
     path, card = found

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 import time
 from typing import Any
@@ -14,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
 from triage.core.services import worker_heartbeat
+from triage.core.workers import this_worker_id
 from triage.fhir.delivery import outbox_deliver_due
 from triage.fhir.outbox import endpoint_ensure_from_env, endpoints_enabled, outbox_backfill
 
@@ -45,7 +44,7 @@ class Command(BaseCommand):
         if not once:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, lambda *_: stop.set())
-        worker_id = f"outbox:{socket.gethostname()}:{os.getpid()}"
+        worker_id = this_worker_id("outbox")
         last_beat = 0.0
         while not stop.is_set():
             if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:

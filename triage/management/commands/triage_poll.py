@@ -13,8 +13,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
 from triage.core.services import worker_heartbeat
+from triage.core.workers import this_worker_id
 from triage.ingest.jobs import jobs_sweep
-from triage.ingest.pipeline import worker_identity
 from triage.ingest.poll import sources_poll
 from triage.ingest.services import source_ensure_from_env
 
@@ -35,7 +35,7 @@ class Command(BaseCommand):
         if not once:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, lambda *_: stop.set())
-        worker_id = f"poll:{worker_identity()}"
+        worker_id = this_worker_id("poll")
         source_ensure_from_env()
         while not stop.is_set():
             if not once:

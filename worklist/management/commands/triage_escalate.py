@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
 from triage.core.services import worker_heartbeat
+from triage.core.workers import this_worker_id
 from worklist.services import worklist_items_escalate
 
 logger = logging.getLogger(__name__)
@@ -25,7 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("--interval", type=float, default=10.0, help="Seconds between rounds (default 10)")
 
     def handle(self, *args: object, once: bool = False, interval: float = 10.0, **options: object) -> None:
-        worker_id = f"escalate-{socket.gethostname()}-{os.getpid()}"
+        worker_id = this_worker_id("escalate")
         stop = threading.Event()
         if not once:
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
