@@ -1,4 +1,5 @@
-"""Shared fixtures: real services (Orthanc, Redis) started on loopback ports for the session, users and clients.
+"""Shared fixtures: real services (Orthanc, Redis, FHIR) started on loopback ports for the session, users and
+clients, and for the browser tests a daphne server on the test database and Chromium.
 
 PostgreSQL is started by ``make test`` (tools/testrun.py) and reached through DATABASE_URL; without it the suite
 runs on SQLite.
@@ -6,10 +7,24 @@ runs on SQLite.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -92,3 +107,55 @@ def admin_client_api(admin_user):
     client = APIClient()
     client.force_authenticate(admin_user)
     return client
+
+
+def _database_url() -> str:
+    from django.db import connection
+
+    db = connection.settings_dict
+    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
+    return f"postgres://{quote(db['USER'])}{password}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+@pytest.fixture
+def live_server_url(transactional_db, redis_server, settings, tmp_path) -> Iterator[str]:
+    """daphne (WebSockets) in a subprocess on the test database, the Redis channel layer between it and this process."""
+    from channels.layers import channel_layers
+    from django.db import connection
+
+    from tools.procs import free_port, port_open, wait_until
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the server process shares the test database only on PostgreSQL")
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [redis_server.url]}}
+    }
+    channel_layers.backends.clear()
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": _database_url(), "REDIS_URL": redis_server.url, "TRIAGE_DEBUG": "1"}
+    log = (tmp_path / "daphne.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "triage.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(lambda: port_open(port), timeout=30, what="daphne")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+        log.close()
+        channel_layers.backends.clear()
+
+
+@pytest.fixture
+def chromium() -> Iterator:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -1,16 +1,14 @@
-"""Fixtures and helpers shared by the ingest tests (imported by name into each test module)."""
+"""Helpers shared by the ingest tests: a study uploaded to Orthanc, a stand-in for the model runner."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pytest
 import requests
 
 from tests.triage.dicom_build import StudySpec, study_datasets, to_bytes
-from tests.triage.pacs_proxy import PacsProxy
 
 
 def upload_study(orthanc, spec: StudySpec, *, mutate: Callable | None = None) -> StudySpec:
@@ -59,51 +57,3 @@ class FakeRunner:
         FakeRunner.calls.append((self.finding, volume_hu.shape))
         score = float(np.clip((volume_hu.mean() + 1000.0) / 2000.0, 0, 1))
         return FakeOutput(self.finding, "fake", "1.0", score, self.threshold, score >= self.threshold)
-
-
-@pytest.fixture
-def fake_models(monkeypatch):
-    """In-process tests: a deterministic stand-in for the networks (the runner has its own tests)."""
-    from triage.ingest import pipeline
-
-    FakeRunner.calls = []
-    monkeypatch.setattr(pipeline, "runner_get", lambda *, finding, **_: FakeRunner(finding))
-    monkeypatch.setattr(pipeline, "key_image", lambda *, volume, output: b"\x89PNG fake")
-    return FakeRunner
-
-
-@pytest.fixture
-def pacs_source(db, orthanc):
-    from triage.models import DicomWebSource
-
-    return DicomWebSource.objects.create(name="pacs", url=orthanc.dicomweb_url)
-
-
-@pytest.fixture
-def proxy(orthanc_server) -> Iterator[PacsProxy]:
-    server = PacsProxy(orthanc_server.url).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def proxied_source(db, orthanc, proxy):
-    from triage.models import DicomWebSource
-
-    return DicomWebSource.objects.create(name="pacs", url=proxy.dicomweb_url)
-
-
-@pytest.fixture
-def quick_retries(settings):
-    """Backoffs short enough for a test, the same code paths as production."""
-    settings.TRIAGE_PACS_RETRY_BASE_SECONDS = 0.0
-    settings.TRIAGE_PACS_HTTP_ATTEMPTS = 3
-    settings.TRIAGE_HTTP_TIMEOUT_SECONDS = 1.0
-    return settings
-
-
-@pytest.fixture
-def no_settle(settings):
-    """Studies uploaded whole before their job runs: nothing to wait for (the settle tests set their own)."""
-    settings.TRIAGE_STUDY_SETTLE_SECONDS = 0
-    return settings

@@ -24,27 +24,6 @@ CONFIG_MODELS = ("dicomwebsource", "fhirendpoint", "modelconfig", "routingrule",
 
 
 @pytest.fixture
-def site_admin(db):
-    """An admin by role (not superuser): the role alone carries the permissions."""
-    user = UserFactory(username="siteadmin", role="radiologist")
-    return core_services.user_role_set(user=user, role="admin", actor=None)
-
-
-@pytest.fixture
-def admin_web(site_admin):
-    client = Client()
-    client.force_login(site_admin)
-    return client
-
-
-@pytest.fixture
-def rad_web(radiologist):
-    client = Client()
-    client.force_login(radiologist)
-    return client
-
-
-@pytest.fixture
 def model_config(db):
     return ModelConfig.objects.create(finding="ich", name="ich2d", version="1.0", threshold=0.5)
 

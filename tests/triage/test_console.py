@@ -7,11 +7,9 @@ import io
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
 from django.urls import reverse
 
-from tests.factories import ResultFactory, SeriesFactory, StudyFactory, UserFactory
-from triage.core import services
+from tests.factories import ResultFactory, SeriesFactory, StudyFactory
 from triage.models import AuditEvent, GroundTruth, ModelConfig
 
 pytestmark = pytest.mark.django_db
@@ -29,25 +27,6 @@ PAGES = [
     ],
 ]
 POSTS = [("console-threshold-apply", ["ich"]), ("console-ground-truth", [])]
-
-
-@pytest.fixture
-def site_admin(db):
-    return services.user_role_set(user=UserFactory(username="siteadmin"), role="admin", actor=None)
-
-
-@pytest.fixture
-def admin_web(site_admin):
-    client = Client()
-    client.force_login(site_admin)
-    return client
-
-
-@pytest.fixture
-def rad_web(radiologist):
-    client = Client()
-    client.force_login(radiologist)
-    return client
 
 
 @pytest.fixture

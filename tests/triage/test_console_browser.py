@@ -9,8 +9,8 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from tests.browser import logged_in_page, off_loop
 from tests.factories import ResultFactory, SeriesFactory, StudyFactory, UserFactory
-from tests.worklist.test_browser import chromium, live_server_url, logged_in_page, off_loop  # noqa: F401
 from triage.core import services as core_services
 from triage.fhir import resources as fhir
 from triage.fhir.delivery import outbox_deliver_due
@@ -43,7 +43,7 @@ def admin_cookie() -> str:
     return client.cookies["sessionid"].value
 
 
-def test_threshold_change_reorders_the_open_worklist_and_amends_the_report(live_server_url, chromium, fhir_server):  # noqa: F811
+def test_threshold_change_reorders_the_open_worklist_and_amends_the_report(live_server_url, chromium, fhir_server):
     fhir_server.clear()
     routine_uid, flagged_uid = off_loop(site_with_two_open_studies, fhir_server.base_url)
     worklist = logged_in_page(chromium, live_server_url, "rad_a")

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from tests.triage.dicom_build import SeriesSpec, StudySpec
-from tests.triage.ingest_fixtures import proxied_source, proxy, quick_retries, upload_study  # noqa: F401
+from tests.triage.ingest_helpers import upload_study
 from triage.core.exceptions import PacsError
 from triage.ingest.dicomweb import Pacs, PacsNotFound, PacsRequestRejected, session_for_source
 from triage.models import DicomWebSource
@@ -20,7 +20,7 @@ def study(orthanc) -> StudySpec:
     return upload_study(orthanc, StudySpec(series=[SeriesSpec(slices=3, size=8)]))
 
 
-def test_5xx_is_retried_until_the_pacs_answers(study, proxy, proxied_source, quick_retries):  # noqa: F811
+def test_5xx_is_retried_until_the_pacs_answers(study, proxy, proxied_source, quick_retries):
     proxy.faults.fail_next, proxy.faults.fail_status = 2, 503
 
     found = Pacs.for_source(proxied_source).search_studies(filters={}, limit=10, offset=0)
@@ -29,7 +29,7 @@ def test_5xx_is_retried_until_the_pacs_answers(study, proxy, proxied_source, qui
     assert len(proxy.faults.seen) == 3
 
 
-def test_timeout_is_retried(study, proxy, proxied_source, quick_retries):  # noqa: F811
+def test_timeout_is_retried(study, proxy, proxied_source, quick_retries):
     proxy.faults.delay_next, proxy.faults.delay_seconds = 1, 2.0
 
     series = Pacs.for_source(proxied_source).search_series(study.study_uid)
@@ -38,7 +38,7 @@ def test_timeout_is_retried(study, proxy, proxied_source, quick_retries):  # noq
     assert proxy.faults.seen[0] == proxy.faults.seen[1]
 
 
-def test_persistent_5xx_is_a_pacs_error_without_the_url(study, proxy, proxied_source, quick_retries, caplog):  # noqa: F811
+def test_persistent_5xx_is_a_pacs_error_without_the_url(study, proxy, proxied_source, quick_retries, caplog):
     proxy.faults.fail_next, proxy.faults.fail_status = 10, 502
     caplog.set_level(logging.WARNING)
 
@@ -51,14 +51,14 @@ def test_persistent_5xx_is_a_pacs_error_without_the_url(study, proxy, proxied_so
     assert "PID1" not in raised.value.message
 
 
-def test_missing_series_is_not_found_and_not_retried(study, proxy, proxied_source, quick_retries):  # noqa: F811
+def test_missing_series_is_not_found_and_not_retried(study, proxy, proxied_source, quick_retries):
     with pytest.raises(PacsNotFound):
         Pacs.for_source(proxied_source).series_metadata(study.study_uid, "1.2.3.999")
 
     assert len(proxy.faults.seen) == 1
 
 
-def test_a_refused_request_is_not_retried(study, proxy, proxied_source, quick_retries):  # noqa: F811
+def test_a_refused_request_is_not_retried(study, proxy, proxied_source, quick_retries):
     proxy.faults.fail_next, proxy.faults.fail_status = 1, 400
 
     with pytest.raises(PacsRequestRejected):
@@ -67,14 +67,14 @@ def test_a_refused_request_is_not_retried(study, proxy, proxied_source, quick_re
     assert len(proxy.faults.seen) == 1
 
 
-def test_unreachable_pacs_is_a_pacs_error(quick_retries):  # noqa: F811
+def test_unreachable_pacs_is_a_pacs_error(quick_retries):
     source = DicomWebSource.objects.create(name="gone", url="http://127.0.0.1:9/dicom-web")
 
     with pytest.raises(PacsError, match="cannot be reached"):
         Pacs.for_source(source).search_studies(filters={}, limit=1, offset=0)
 
 
-def test_retrieval_returns_the_stored_transfer_syntax(study, proxy, proxied_source):  # noqa: F811
+def test_retrieval_returns_the_stored_transfer_syntax(study, proxy, proxied_source):
     series_uid = study.series[0].series_uid
 
     datasets = Pacs.for_source(proxied_source).retrieve_series(study.study_uid, series_uid)

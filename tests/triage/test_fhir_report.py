@@ -9,13 +9,12 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
 
 from tests.factories import ResultFactory, SeriesFactory, StudyFactory
+from tests.triage.fhir_helpers import PATIENT_SYSTEM
 from triage.fhir import resources as fhir
 from triage.fhir.delivery import outbox_deliver_due
 from triage.fhir.outbox import outbox_enqueue_report
-from triage.models import FhirEndpoint
 
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-PATIENT_SYSTEM = "urn:oid:1.2.3.4.5.6"
 
 
 def _spec(fhir_version: str = "R4", status: str = "preliminary") -> fhir.ReportSpec:
@@ -42,15 +41,6 @@ def lvo_result(db):
         score=0.81,
         threshold=0.4,
         details={"key_slice": 17, "side": "left"},
-    )
-
-
-@pytest.fixture
-def endpoint(db, fhir_server, settings):
-    settings.TRIAGE_FHIR_BASE_URL = None
-    fhir_server.clear()
-    return FhirEndpoint.objects.create(
-        name="emr", base_url=fhir_server.base_url, patient_id_system=PATIENT_SYSTEM, timeout_seconds=5
     )
 
 

@@ -20,7 +20,7 @@ import pytest
 from django.db import connection
 
 from tests.triage.dicom_build import StudySpec
-from tests.triage.ingest_fixtures import proxy, upload_study  # noqa: F401
+from tests.triage.ingest_helpers import upload_study
 from triage.ingest.services import study_request_triage
 from triage.models import AuditEvent, DicomWebSource, JobState, TriageJob, TriageResult
 
@@ -108,7 +108,7 @@ WORKER = ["db_worker", "--queue-name", "ingest", "--interval", "0.1", "--no-star
 def test_worker_killed_during_retrieval_leaves_every_study_done_exactly_once(
     transactional_db,
     orthanc,
-    proxy,  # noqa: F811
+    proxy,
     processes,
 ):
     DicomWebSource.objects.create(name="pacs", url=proxy.dicomweb_url)

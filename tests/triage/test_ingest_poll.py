@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from tests.triage.dicom_build import SeriesSpec, StudySpec
-from tests.triage.ingest_fixtures import pacs_source, proxied_source, proxy, quick_retries, upload_study  # noqa: F401
+from tests.triage.ingest_helpers import upload_study
 from triage.ingest.poll import source_poll
 from triage.models import JobState, Study, TriageJob
 
@@ -22,7 +22,7 @@ def days_ago(n: int) -> str:
     return (dt.date.today() - dt.timedelta(days=n)).strftime("%Y%m%d")
 
 
-def test_poll_queues_every_study_over_several_pages_once(orthanc, pacs_source, settings):  # noqa: F811
+def test_poll_queues_every_study_over_several_pages_once(orthanc, pacs_source, settings):
     settings.TRIAGE_POLL_PAGE_SIZE = 3
     first = [upload_study(orthanc, tiny(accession=f"A{i}")).study_uid for i in range(7)]
 
@@ -36,7 +36,7 @@ def test_poll_queues_every_study_over_several_pages_once(orthanc, pacs_source, s
     assert TriageJob.objects.filter(state=JobState.QUEUED).count() == 9
 
 
-def test_poll_cursor_survives_a_restart(orthanc, pacs_source, settings):  # noqa: F811
+def test_poll_cursor_survives_a_restart(orthanc, pacs_source, settings):
     settings.TRIAGE_POLL_PAGE_SIZE = 2
     for i in range(3):
         upload_study(orthanc, tiny(accession=f"A{i}"))
@@ -51,7 +51,7 @@ def test_poll_cursor_survives_a_restart(orthanc, pacs_source, settings):  # noqa
     assert Study.objects.count() == 3
 
 
-def test_study_arriving_late_with_an_old_study_date_is_found_by_the_sweep(orthanc, pacs_source, settings):  # noqa: F811
+def test_study_arriving_late_with_an_old_study_date_is_found_by_the_sweep(orthanc, pacs_source, settings):
     settings.TRIAGE_POLL_PAGE_SIZE = 2
     settings.TRIAGE_POLL_LOOKBACK_DAYS = 7
     source_poll(source=pacs_source)
@@ -66,7 +66,7 @@ def test_study_arriving_late_with_an_old_study_date_is_found_by_the_sweep(orthan
     assert not Study.objects.filter(study_instance_uid=too_old.study_uid).exists()
 
 
-def test_only_ct_studies_are_queued(orthanc, pacs_source):  # noqa: F811
+def test_only_ct_studies_are_queued(orthanc, pacs_source):
     ct = upload_study(orthanc, tiny())
 
     def as_mr(index, ds):
@@ -78,7 +78,7 @@ def test_only_ct_studies_are_queued(orthanc, pacs_source):  # noqa: F811
     assert source_poll(source=pacs_source).queued == [ct.study_uid]
 
 
-def test_pacs_outage_is_recorded_and_the_next_poll_catches_up(orthanc, proxy, proxied_source, quick_retries):  # noqa: F811
+def test_pacs_outage_is_recorded_and_the_next_poll_catches_up(orthanc, proxy, proxied_source, quick_retries):
     source_poll(source=proxied_source)
     during = upload_study(orthanc, tiny())
     proxy.faults.fail_next, proxy.faults.fail_status = 100, 503
@@ -94,7 +94,7 @@ def test_pacs_outage_is_recorded_and_the_next_poll_catches_up(orthanc, proxy, pr
     assert proxied_source.last_error == ""
 
 
-def test_poll_and_notify_of_the_same_study_make_one_job(orthanc, pacs_source, radiologist_client):  # noqa: F811
+def test_poll_and_notify_of_the_same_study_make_one_job(orthanc, pacs_source, radiologist_client):
     spec = upload_study(orthanc, tiny())
 
     response = radiologist_client.post(
@@ -110,7 +110,7 @@ def test_poll_and_notify_of_the_same_study_make_one_job(orthanc, pacs_source, ra
     assert TriageJob.objects.filter(study__study_instance_uid=spec.study_uid).count() == 1
 
 
-def test_notify_enqueues_the_task_after_commit(pacs_source, radiologist_client, django_capture_on_commit_callbacks):  # noqa: F811
+def test_notify_enqueues_the_task_after_commit(pacs_source, radiologist_client, django_capture_on_commit_callbacks):
     from django_tasks_db.models import DBTaskResult
 
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
@@ -125,7 +125,7 @@ def test_notify_enqueues_the_task_after_commit(pacs_source, radiologist_client, 
     assert task.args_kwargs["args"] == [job.pk]
 
 
-def test_triage_poll_once_polls_sweeps_and_beats(orthanc, pacs_source):  # noqa: F811
+def test_triage_poll_once_polls_sweeps_and_beats(orthanc, pacs_source):
     from django.core.management import call_command
 
     from triage.models import WorkerHeartbeat

@@ -26,22 +26,6 @@ from triage.fhir.outbox import endpoint_ensure_from_env, outbox_enqueue_report, 
 from triage.models import AuditEvent, FhirEndpoint, OutboxMessage, OutboxState, TriageResult, WorkerHeartbeat
 from worklist.models import Feedback
 
-PATIENT_SYSTEM = "urn:oid:1.2.3.4.5.6"
-
-
-@pytest.fixture
-def fhir_emr(fhir_server):
-    fhir_server.clear()
-    return fhir_server
-
-
-@pytest.fixture
-def endpoint(db, fhir_emr, settings):
-    settings.TRIAGE_FHIR_BASE_URL = None
-    return FhirEndpoint.objects.create(
-        name="emr", base_url=fhir_emr.base_url, patient_id_system=PATIENT_SYSTEM, timeout_seconds=5
-    )
-
 
 def make_result(*, score: float = 0.9, threshold: float = 0.5, study=None, **kwargs) -> TriageResult:
     study = study or StudyFactory()

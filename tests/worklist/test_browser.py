@@ -4,107 +4,15 @@ the test process (which commits changes) and the server (which pushes them to th
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from urllib.parse import quote
 
 import pytest
-from django.db import connection
-from django.test import Client
 
-from tests.factories import ResultFactory, SeriesFactory, StudyFactory, UserFactory
-from tools.procs import free_port, port_open, wait_until
+from tests.browser import logged_in_page, off_loop
+from tests.factories import ResultFactory, SeriesFactory, StudyFactory
 from worklist.services import worklist_item_sync
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 SCREENSHOT = os.environ.get("WORKLIST_SCREENSHOT")
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
-    return f"postgres://{quote(db['USER'])}{password}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-
-
-@pytest.fixture
-def live_server_url(transactional_db, redis_server, settings, tmp_path) -> Iterator[str]:
-    if connection.vendor != "postgresql":
-        pytest.skip("the server process shares the test database only on PostgreSQL")
-    from channels.layers import channel_layers
-
-    settings.CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [redis_server.url]}}
-    }
-    channel_layers.backends.clear()
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": _database_url(), "REDIS_URL": redis_server.url, "TRIAGE_DEBUG": "1"}
-    log = (tmp_path / "daphne.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "triage.asgi:application"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_until(lambda: port_open(port), timeout=30, what="daphne")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=15)
-        log.close()
-        channel_layers.backends.clear()
-
-
-@pytest.fixture
-def chromium() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def off_loop(fn, *args):
-    """Playwright's sync API keeps an event loop in this thread; database and channel-layer calls run beside it."""
-
-    def call():
-        try:
-            return fn(*args)
-        finally:
-            connection.close()
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(call).result(timeout=30)
-
-
-def session_cookie(username: str) -> str:
-    client = Client()
-    client.force_login(UserFactory(username=username))
-    return client.cookies["sessionid"].value
-
-
-def logged_in_page(browser, base_url: str, username: str):
-    cookie = off_loop(session_cookie, username)
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    context.add_cookies([{"name": "sessionid", "value": cookie, "url": base_url}])
-    page = context.new_page()
-    page.goto(base_url + "/")
-    page.wait_for_selector("#connection.conn-live", timeout=15000)
-    return page
 
 
 def critical_study(score: float = 0.93):
