@@ -57,9 +57,21 @@ def test_ich_network_is_about_a_third_of_a_million_parameters():
     assert 200_000 < count_parameters(build_network("ich2d-v1")) < 400_000
 
 
-def test_registered_networks_compile_to_torchscript():
-    for name in ARCHITECTURES:
-        torch.jit.script(build_network(name).eval())
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_registered_networks_compile_to_torchscript(name: str):
+    torch.manual_seed(0)
+    shapes = {"ich": (1, 4, 3, 64, 64), "lvo": (1, 2, 32, 64, 64)}
+    x = torch.rand(shapes[ARCHITECTURES[name].finding])
+    eager = build_network(name).eval()
+
+    scripted = torch.jit.script(eager)
+
+    with torch.inference_mode():
+        expected, compiled = eager(x), scripted(x)
+    assert isinstance(scripted, torch.jit.ScriptModule)
+    assert compiled.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.allclose(compiled[key], value, atol=1e-5), key
 
 
 def test_sample_targets_mark_the_lesion():
