@@ -45,6 +45,11 @@ class StudyNotifyApi(APIView):
         source = serializers.CharField(  # type: ignore[assignment]
             required=False, help_text="Source name; the default source if omitted"
         )
+        complete = serializers.BooleanField(
+            required=False,
+            default=False,
+            help_text="The sender vouches that the study is complete (e.g. Orthanc's OnStableStudy): no settle wait",
+        )
 
     class OutputSerializer(serializers.Serializer):
         study_instance_uid = serializers.CharField()
@@ -57,6 +62,7 @@ class StudyNotifyApi(APIView):
         job = services.study_request_triage(
             study_instance_uid=data.validated_data["study_instance_uid"],
             source_name=data.validated_data.get("source"),
+            complete=data.validated_data["complete"],
             actor=request_user(request),
         )
         body = {"study_instance_uid": job.study.study_instance_uid, "job_state": job.state}

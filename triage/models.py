@@ -258,6 +258,9 @@ class TriageJob(models.Model):
     instance_count_since = models.DateTimeField(
         null=True, blank=True, help_text="When that count was first seen: the study is triaged once it is settled"
     )
+    complete = models.BooleanField(
+        default=False, help_text="The PACS vouched that the study is complete (no settle wait)"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

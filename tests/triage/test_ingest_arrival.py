@@ -96,6 +96,54 @@ def test_study_unchanged_for_the_settle_time_is_processed_at_the_next_claim(
     assert (done.state, done.error_code, done.error_message) == (JobState.DONE, "", "")
 
 
+def test_a_study_the_pacs_vouches_complete_is_read_at_the_first_claim(
+    orthanc,
+    pacs_source,
+    fake_models,
+    settings,
+):
+    settings.TRIAGE_STUDY_SETTLE_SECONDS = 600
+    spec = upload_study(orthanc, StudySpec())
+
+    job = run(study_request_triage(study_instance_uid=spec.study_uid, source_name="pacs", complete=True))
+
+    assert (job.state, job.error_code, job.complete) == (JobState.DONE, "", True)
+    assert TriageResult.objects.filter(study=job.study, is_current=True).count() == 1
+
+
+def test_a_complete_notice_releases_a_job_that_waits_to_settle(
+    orthanc,
+    pacs_source,
+    fake_models,
+    settings,
+):
+    settings.TRIAGE_STUDY_SETTLE_SECONDS = 600
+    spec = upload_study(orthanc, StudySpec())
+    job = study_request_triage(study_instance_uid=spec.study_uid, source_name="pacs")
+    waiting = run(job)
+    waiting_state, waiting_for = waiting.state, (waiting.available_at - timezone.now()).total_seconds()
+
+    study_request_triage(study_instance_uid=spec.study_uid, source_name="pacs", complete=True)
+    done = run(job)
+
+    assert waiting_state == JobState.QUEUED and waiting_for > 500
+    assert (done.state, done.error_code) == (JobState.DONE, "")
+
+
+def test_a_notify_without_complete_keeps_the_settle_wait(
+    orthanc,
+    pacs_source,
+    fake_models,
+    settings,
+):
+    settings.TRIAGE_STUDY_SETTLE_SECONDS = 600
+    spec = upload_study(orthanc, StudySpec())
+
+    job = run(study_request_triage(study_instance_uid=spec.study_uid, source_name="pacs"))
+
+    assert (job.state, job.error_code, job.complete) == (JobState.QUEUED, "settling", False)
+
+
 def test_series_that_grows_between_routing_and_retrieval_is_requeued_not_rejected(
     orthanc,
     pacs_source,

@@ -125,6 +125,15 @@ def test_notify_enqueues_the_task_after_commit(pacs_source, radiologist_client, 
     assert task.args_kwargs["args"] == [job.pk]
 
 
+def test_notify_takes_the_pacs_word_that_the_study_is_complete(pacs_source, radiologist_client):
+    body = {"study_instance_uid": "1.2.3.5", "source": "pacs", "complete": True}
+
+    response = radiologist_client.post("/api/v1/studies/notify/", body, format="json")
+
+    assert response.status_code == 202
+    assert TriageJob.objects.get(study__study_instance_uid="1.2.3.5").complete is True
+
+
 def test_triage_poll_once_polls_sweeps_and_beats(orthanc, pacs_source):
     from django.core.management import call_command
 

@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Ask for the stored transfer syntax and decode locally: Orthanc 1.10 cannot transcode JPEG 2000 without its GDCM plugin.
+# Ask for the stored transfer syntax and decode locally: Orthanc 1.10 cannot transcode JPEG 2000 without GDCM.
 STORED_TRANSFER_SYNTAX = (("application/dicom", "*"),)
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 NUMBER_OF_STUDY_INSTANCES = "00201208"

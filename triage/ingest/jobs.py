@@ -154,6 +154,15 @@ def job_settle_note(*, job: TriageJob, worker_id: str, instance_count: int | Non
     job.instance_count, job.instance_count_since = instance_count, since
 
 
+def job_mark_complete(*, job_id: int) -> None:
+    """The PACS vouches that the study is complete: a job still waiting to settle is released at once."""
+    now = timezone.now()
+    TriageJob.objects.filter(pk=job_id).update(complete=True)
+    waiting = TriageJob.objects.filter(pk=job_id, state=JobState.QUEUED, error_code="settling", available_at__gt=now)
+    if waiting.update(available_at=now):
+        job_enqueue_on_commit(job_id=job_id)
+
+
 def job_wait_to_settle(
     *,
     job: TriageJob,

@@ -147,7 +147,8 @@ def study_arrival(*, job: TriageJob, pacs: Pacs, found: list[dict]) -> Arrival:
     since = job.instance_count_since
     if since is None or count != job.instance_count:
         since = now
-    wait = settings.TRIAGE_STUDY_SETTLE_SECONDS - (now - since).total_seconds()
+    settle = 0.0 if job.complete else settings.TRIAGE_STUDY_SETTLE_SECONDS
+    wait = settle - (now - since).total_seconds()
     return Arrival(instance_count=count, since=since, wait_seconds=max(0.0, wait))
 
 

@@ -15,7 +15,7 @@ from django.db import transaction
 from triage.core.audit import audit_record
 from triage.core.exceptions import NotFound
 from triage.fhir.outbox import outbox_enqueue_report
-from triage.ingest.jobs import job_enqueue_on_commit
+from triage.ingest.jobs import job_enqueue_on_commit, job_mark_complete
 from triage.models import DicomWebSource, Series, Study, TriageJob, TriageResult, User
 from worklist.services import worklist_item_sync
 
@@ -51,9 +51,13 @@ def source_ensure_from_env() -> DicomWebSource | None:
 
 @transaction.atomic
 def study_request_triage(
-    *, study_instance_uid: str, source_name: str | None = None, actor: User | None = None
+    *, study_instance_uid: str, source_name: str | None = None, actor: User | None = None, complete: bool = False
 ) -> TriageJob:
-    """Queue a study once, however often the PACS hook and the poller report it."""
+    """Queue a study once, however often the PACS hook and the poller report it.
+
+    ``complete``: the sender (a PACS's stable-study hook) vouches that the study is complete, so the job skips the
+    settle wait; a job already waiting to settle is released at once.
+    """
     if source_name:
         source = DicomWebSource.objects.filter(name=source_name).first()
         if source is None:
@@ -61,10 +65,13 @@ def study_request_triage(
     else:
         source = source_default()
     study, _ = Study.objects.get_or_create(study_instance_uid=study_instance_uid, defaults={"source": source})
-    job, created = TriageJob.objects.get_or_create(study=study)
+    job, created = TriageJob.objects.get_or_create(study=study, defaults={"complete": complete})
     if created:
-        audit_record(action="study.queued", actor=actor, obj=job, data={"source": getattr(source, "name", "")})
+        data = {"source": getattr(source, "name", ""), "complete": complete}
+        audit_record(action="study.queued", actor=actor, obj=job, data=data)
         job_enqueue_on_commit(job_id=job.pk)
+    elif complete and not job.complete:
+        job_mark_complete(job_id=job.pk)
     return job
 
 
