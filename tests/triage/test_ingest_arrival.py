@@ -126,7 +126,8 @@ def test_a_complete_notice_releases_a_job_that_waits_to_settle(
     study_request_triage(study_instance_uid=spec.study_uid, source_name="pacs", complete=True)
     done = run(job)
 
-    assert waiting_state == JobState.QUEUED and waiting_for > 500
+    assert waiting_state == JobState.QUEUED
+    assert waiting_for > 500
     assert (done.state, done.error_code) == (JobState.DONE, "")
 
 

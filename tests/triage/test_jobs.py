@@ -114,7 +114,9 @@ def test_pacs_failure_refunds_the_attempt_and_backs_off(settings):
     job = JobFactory()
     mine = jobs.job_claim(job_id=job.pk, worker_id="a")
 
-    state = jobs.job_retry_later(job=mine, worker_id="a", error_code="pacs_unavailable", error_message="down", timings={})
+    state = jobs.job_retry_later(
+        job=mine, worker_id="a", error_code="pacs_unavailable", error_message="down", timings={}
+    )
 
     job.refresh_from_db()
     assert state == JobState.QUEUED
@@ -127,7 +129,9 @@ def test_pacs_failures_give_up_after_the_limit(settings):
     job = JobFactory(pacs_failures=1)
     mine = jobs.job_claim(job_id=job.pk, worker_id="a")
 
-    state = jobs.job_retry_later(job=mine, worker_id="a", error_code="pacs_unavailable", error_message="down", timings={})
+    state = jobs.job_retry_later(
+        job=mine, worker_id="a", error_code="pacs_unavailable", error_message="down", timings={}
+    )
 
     assert state == JobState.FAILED
     assert TriageJob.objects.get(pk=job.pk).error_code == "pacs_unavailable"
@@ -175,7 +179,9 @@ def test_model_unavailable_backs_off_for_minutes_and_counts_the_attempt(settings
     job = JobFactory(attempts=2)
     mine = jobs.job_claim(job_id=job.pk, worker_id="a")
 
-    state = jobs.job_retry_model(job=mine, worker_id="a", error_code="model_unavailable", error_message="no", timings={})
+    state = jobs.job_retry_model(
+        job=mine, worker_id="a", error_code="model_unavailable", error_message="no", timings={}
+    )
 
     job.refresh_from_db()
     assert (state, job.attempts, job.error_code) == (JobState.QUEUED, 3, "model_unavailable")
