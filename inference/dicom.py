@@ -45,6 +45,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import get_decoder
+from scipy import ndimage as ndi
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ NATIVE_TRANSFER_SYNTAXES = frozenset(
 ORIENTATION_TOLERANCE = 1e-3  # per direction cosine
 PIXEL_SPACING_TOLERANCE = 1e-3  # relative
 SAME_POSITION_MM = 1e-2
+AIR_HU = -1024.0  # what padding becomes, and what fills the edge of a slice shifted back from a gantry tilt
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 _READ_ERRORS = (
     EOFError,
@@ -317,6 +319,7 @@ def assemble_volume(
         )
     spacing_z = _slice_spacing(frames, gap_tolerance)
     hu = _decode_all(frames)
+    deskewed = _deskew(hu, frames, row, col)
     first = frames[0]
     return Volume(
         hu=hu,
@@ -324,7 +327,7 @@ def assemble_volume(
         origin=tuple(float(v) for v in first.ipp),  # type: ignore[arg-type]
         orientation=tuple(float(v) for v in (*row, *col)),  # type: ignore[arg-type]
         slice_positions=tuple(f.position for f in frames),
-        meta=_meta(datasets, frames, syntaxes, dropped, normal),
+        meta={**_meta(datasets, frames, syntaxes, dropped, normal), "deskewed": deskewed},
     )
 
 
@@ -528,7 +531,9 @@ def _slice_spacing(frames: list[_Frame], gap_tolerance: float) -> float:
 
 
 def _decode_all(frames: list[_Frame]) -> np.ndarray:
-    """Decode into one preallocated float32 array, rescaling each slice in place (no float64 copy)."""
+    """Decode into one preallocated float32 array, rescaling each slice in place (no float64 copy). Pixels marked
+    as padding (Pixel Padding Value, up to Pixel Padding Range Limit) become air whatever their stored value, so a
+    padding of 65535 or -2000 never reads as bone or as something below air."""
     first = frames[0]
     hu = np.empty((len(frames), first.rows, first.columns), dtype=np.float32)
     for index, frame in enumerate(frames):
@@ -540,7 +545,38 @@ def _decode_all(frames: list[_Frame]) -> np.ndarray:
             np.multiply(pixels, np.float32(frame.slope), out=target, casting="unsafe")
         if frame.intercept != 0.0:
             target += np.float32(frame.intercept)
+        padding = _padding_range(frame.ds)
+        if padding is not None:
+            target[(pixels >= padding[0]) & (pixels <= padding[1])] = AIR_HU
     return hu
+
+
+def _padding_range(ds: Dataset) -> tuple[int, int] | None:
+    try:
+        value = ds.get("PixelPaddingValue")
+        if value is None:
+            return None
+        limit = ds.get("PixelPaddingRangeLimit", value)
+        low, high = sorted((int(value), int(limit)))
+    except (TypeError, ValueError):
+        return None  # an unreadable padding value only loses the clean-up, never the study
+    return low, high
+
+
+def _deskew(hu: np.ndarray, frames: list[_Frame], row: np.ndarray, col: np.ndarray) -> bool:
+    """Gantry tilt: each slice's origin moves in plane along the stack. Shifting every slice back (linear
+    interpolation, air outside) puts the voxels on the orthogonal grid that ``Volume`` describes. In place."""
+    base = frames[0].ipp
+    shifts = [
+        (float(np.dot(f.ipp - base, col)) / f.pixel_spacing[0], float(np.dot(f.ipp - base, row)) / f.pixel_spacing[1])
+        for f in frames
+    ]
+    if max(abs(v) for shift in shifts for v in shift) < 0.05:
+        return False
+    for k, shift in enumerate(shifts):
+        if max(abs(v) for v in shift) >= 1e-3:
+            hu[k] = ndi.shift(hu[k], shift, order=1, mode="constant", cval=AIR_HU)
+    return True
 
 
 def _decode_frame(frame: _Frame) -> np.ndarray:

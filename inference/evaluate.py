@@ -1,13 +1,16 @@
 """Evaluate weights on held-out phantoms through the full runner (preprocessing included).
 
     python -m inference.evaluate --finding ich --count 1000 --seed 9 --family B [--weights PATH] [--update-card]
+    python -m inference.evaluate --finding lvo --count 400 --family A B C --seed 9 11 17   # side by side
 
 Use a ``--seed`` never used in training (the model card's seed is refused) and preferably a generator family not
 used in training. Negatives include the generators' hard negatives (calcifications, dense falx, streaks, chronic
 collections; hypoplastic segments, bolus timing, calcified siphons, stenosis, M2 occlusion, tilt). Reports AUC with
 a bootstrap interval, sensitivity and specificity with Wilson intervals at the shipped threshold, AUC per subtype
 (that subtype's positives against all negatives), the false-positive rate per kind of hard negative, calibration,
-and (LVO) how often the side is right. Prints a table and writes JSON.
+and (LVO) how often the side is right. Prints a table and writes JSON. Family ``C`` (``inference.phantoms.family_c``)
+is written apart from the training generators and never used for training or threshold choice; family ``R`` is the
+randomised training family.
 """
 
 from __future__ import annotations
@@ -213,18 +216,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--weights", type=Path, default=None, help="default: the shipped weights")
     p.add_argument("--architecture", default=None)
     p.add_argument("--count", type=int, default=1000)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--family", default="B", help="phantom generator family (training used A)")
+    p.add_argument("--seed", type=int, nargs="+", required=True, help="one per family (or one for all)")
+    p.add_argument("--family", nargs="+", default=["B"], help="phantom generator families: A, B, C (or R)")
     p.add_argument("--threshold", type=float, default=None, help="default: the model card's threshold")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--json", type=Path, default=None, help="default: bench/results/eval_<finding>.json")
+    p.add_argument("--json", type=Path, default=None, help="default: bench/results/eval_<finding>[_<family>].json")
     p.add_argument(
         "--update-card",
         action="store_true",
         help="store the result in the model card (one section per generator family)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if len(args.seed) not in (1, len(args.family)):
+        p.error("give one --seed, or one per --family")
+    return args
+
+
+def compare_table(finding: str, model: str, results: dict[str, dict[str, Any]]) -> str:
+    """One line per family: AUC, sensitivity and specificity at the threshold, each with its 95 % interval."""
+
+    def iv(d: dict[str, float]) -> str:
+        return f"{d['estimate']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+
+    lines = [f"{finding} · {model}", f"{'family':<7} {'n':>5} {'AUC':>22} {'sensitivity':>22} {'specificity':>22}"]
+    for family, r in results.items():
+        op = r["operating_point"]
+        lines.append(
+            f"{family:<7} {r['count']:>5} {iv(r['auc']):>22} {iv(op['sensitivity']):>22} {iv(op['specificity']):>22}"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,26 +253,46 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     weights = args.weights or shipped_weights(args.finding)
     card = read_card(weights)
-    if card.get("training", {}).get("seed") == args.seed:
-        print(f"--seed {args.seed} was used to train these weights; choose another", file=sys.stderr)
+    seeds = args.seed * len(args.family) if len(args.seed) == 1 else args.seed
+    if card.get("training", {}).get("seed") in seeds:
+        print(f"--seed {card['training']['seed']} was used to train these weights; choose another", file=sys.stderr)
         return 2
     runner = ModelRunner(
         args.finding, weights=weights, architecture=args.architecture, device=args.device, threshold=args.threshold
     )
+    model = f"{runner.model_name} {runner.model_version}"
+    results = {}
+    for family, seed in zip(args.family, seeds, strict=True):
+        results[family] = _evaluate_family(args, runner, family, seed)
+        print(format_table(args.finding, model, results[family]))
+        if args.update_card:
+            trained_on = card.get("training", {}).get("generator_family", "A")
+            section = "evaluation" if family == trained_on else f"evaluation_family_{family}"
+            update_card(weights, section, results[family])
+    if len(results) > 1:
+        print(compare_table(args.finding, model, results))
+    _write_json(args, results)
+    return 0
+
+
+def _evaluate_family(args: argparse.Namespace, runner: ModelRunner, family: str, seed: int) -> dict[str, Any]:
     started = time.time()
-    rows = score_phantoms(runner, HeldOut(args.finding, args.seed, args.count, args.family), args.workers)
-    result = summarise(rows, runner.threshold, seed=args.seed, family=args.family)
+    rows = score_phantoms(runner, HeldOut(args.finding, seed, args.count, family), args.workers)
+    result = summarise(rows, runner.threshold, seed=seed, family=family)
     result.update({"finding": args.finding, "model": runner.model_name, "model_version": runner.model_version})
     result["wall_seconds"] = round(time.time() - started, 1)
-    print(format_table(args.finding, f"{runner.model_name} {runner.model_version}", result))
-    out = args.json or Path("bench/results") / f"eval_{args.finding}.json"
+    return result
+
+
+def _write_json(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
+    single = len(results) == 1
+    out = args.json or Path("bench/results") / (
+        f"eval_{args.finding}.json" if single else f"eval_{args.finding}_{''.join(results)}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    payload = next(iter(results.values())) if single else results
+    out.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
-    if args.update_card:
-        trained_on = card.get("training", {}).get("generator_family", "A")
-        update_card(weights, "evaluation" if args.family == trained_on else f"evaluation_family_{args.family}", result)
-    return 0
 
 
 if __name__ == "__main__":

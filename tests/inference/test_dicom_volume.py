@@ -115,12 +115,13 @@ def test_synthetic_series_with_per_slice_rescale_survives_compression(syntax: st
     np.testing.assert_array_equal(volume.hu, hu)
 
 
-def test_real_head_ct_slice_in_lossy_jpeg2000_decodes_with_its_rescale() -> None:
+def test_real_head_ct_slice_in_lossy_jpeg2000_decodes_with_its_rescale_and_padding_as_air() -> None:
     ds = pydicom.dcmread(_testdata("693_J2KI.dcm"))
 
     volume = assemble_volume([ds], min_slices=1)
 
     expected = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    expected[ds.pixel_array == int(ds.PixelPaddingValue)] = -1024.0
     np.testing.assert_array_equal(volume.hu[0], expected)
     assert volume.hu.dtype == np.float32
     assert volume.shape == (1, 512, 512)
@@ -168,18 +169,48 @@ def test_oblique_series_stacks_along_its_own_normal() -> None:
     assert volume.meta["gantry_tilt_deg"] == pytest.approx(0.0, abs=1e-3)
 
 
-def test_gantry_tilt_is_accepted_and_reported() -> None:
+def test_gantry_tilt_is_reported_and_the_slices_shifted_back_onto_an_orthogonal_grid() -> None:
     hu = phantom_hu()
     series = ct_series(hu, spacing=(2.0, 0.5, 0.5))
     for k, ds in enumerate(series):  # each slice shifted 0.5 mm in y per 2 mm step: about 14 degrees of tilt
         x, y, z = (float(v) for v in ds.ImagePositionPatient)
         ds.ImagePositionPatient = [x, y + 0.5 * k, z]
+    expected = np.full_like(hu, -1024.0)
+    for k in range(hu.shape[0]):  # slice k starts k rows further down: its rows move k rows down the grid
+        expected[k, k:] = hu[k, : hu.shape[1] - k]
 
     volume = assemble_volume(series)
 
-    np.testing.assert_array_equal(volume.hu, hu)
+    np.testing.assert_allclose(volume.hu, expected, atol=1e-3)
     assert volume.spacing_mm[0] == pytest.approx(2.0)
     assert volume.meta["gantry_tilt_deg"] == pytest.approx(14.036, abs=0.01)
+    assert volume.meta["deskewed"] is True
+
+
+def test_untilted_series_is_not_resampled() -> None:
+    hu = phantom_hu()
+
+    volume = assemble_volume(ct_series(hu))
+
+    np.testing.assert_array_equal(volume.hu, hu)
+    assert volume.meta["deskewed"] is False
+
+
+@pytest.mark.parametrize(("padding", "intercept"), [(-2000, 0.0), (-32768, -1024.0), (30000, -1024.0)])
+def test_pixel_padding_reads_as_air_whatever_its_stored_value(padding: int, intercept: float) -> None:
+    hu = phantom_hu((3, 8, 8))
+    series = ct_series(hu, intercepts=[intercept] * 3)
+    for ds in series:
+        raw = ds.pixel_array.copy()
+        raw[:2] = padding  # the two top rows lie outside the reconstruction circle
+        ds.PixelData = raw.astype(np.int16).tobytes()
+        ds.PixelPaddingValue = padding
+    expected = hu.copy()
+    expected[:, :2] = -1024.0
+
+    volume = assemble_volume([reread(ds) for ds in series])
+
+    np.testing.assert_array_equal(volume.hu, expected)
 
 
 def test_rescale_slope_and_intercept_apply_per_slice() -> None:
