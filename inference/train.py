@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from inference import stats
-from inference.modelcard import sha256_file, write_card
+from inference.modelcard import CARD_VERSION, LIMITS, card_load, card_paths, sha256_file, write_card
 from inference.networks import ARCHITECTURES, DEFAULT_ARCHITECTURE, ICH_SUBTYPES, build_network, count_parameters
 from inference.preprocess import (
     ICH_GRID,
@@ -425,6 +425,8 @@ class RunConfig:
     mine_hard_negatives: bool = False
     repeat_small: int = 0
     architecture: str | None = None
+    version: str = CARD_VERSION
+    lineage: str | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -474,7 +476,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     weights = cfg.out / f"{arch}.pt"
     torch.save(best["state"], weights)
     summary = _summarise(model, cfg, arch, val, history, best["epoch"], time.time() - started, generation_s)
-    write_card(weights, summary)
+    write_card(weights, summary, version=cfg.version)
     return summary
 
 
@@ -573,7 +575,7 @@ def _summarise(
     scores = predict(model, cfg.finding, val)["scores"]
     threshold = stats.threshold_for_sensitivity(labels, scores, cfg.target_sensitivity)
     point = stats.operating_point(labels, scores, threshold)
-    return {
+    summary = {
         "finding": cfg.finding,
         "architecture": arch,
         "parameters": count_parameters(model),
@@ -607,6 +609,52 @@ def _summarise(
             "calibration": stats.calibration(labels, scores).as_dict(),
         },
     }
+    return with_card_notes(summary, cfg.family, cfg.lineage)
+
+
+# What a phantom figure means, for every card: stated plainly, beside the figures.
+PHANTOM_FIGURES = (
+    "What the phantom figures mean: they show that the whole pipeline (volume, preprocessing, network, threshold) "
+    "finds lesions drawn by the project's generators, including family C, written separately and never used for "
+    "training or for the threshold, under the scanner and protocol variation listed. They do not estimate "
+    "sensitivity, specificity or PPV on patients: real anatomy, pathology mix, prevalence, devices and artefacts "
+    "are not modelled, and the generators share their authors' assumptions."
+)
+
+
+def randomisation_notes() -> dict[str, dict[str, Any]]:
+    """The family-R ranges with their units and sources, as the card's ``randomisation`` section."""
+    from inference.phantoms.randomise import RANGES
+
+    return {k: {"low": lo, "high": hi, "unit": unit, "source": src} for k, (lo, hi, unit, src) in RANGES.items()}
+
+
+def with_card_notes(summary: dict[str, Any], family: str, lineage: str | None) -> dict[str, Any]:
+    """Adds the phantom statement to the limits and, for family R, the randomisation ranges (JSON and one line)."""
+    summary = {**summary, "limits": [*LIMITS, PHANTOM_FIGURES]}
+    parts = [lineage] if lineage else []
+    if family == "R":
+        ranges = randomisation_notes()
+        summary["randomisation"] = ranges
+        listed = "; ".join(f"{k} {v['low']:g} to {v['high']:g} {v['unit']} ({v['source']})" for k, v in ranges.items())
+        parts.append(
+            "Domain randomisation (generator family R, inference/phantoms/randomise.py, after SynthSeg: Billot et "
+            f"al., Medical Image Analysis 2023), every value drawn per study: {listed}. Also: pixel padding value "
+            "and rescale slope/intercept conventions, field-of-view circle, slice spacing 1.4-5 mm at generation "
+            "(thinner native slices through their noise), rare front-back and head-foot flips."
+        )
+    if parts:
+        summary["training"] = {**summary["training"], "lineage": " ".join(parts)}
+    return summary
+
+
+def rewrite_card(weights: Path, *, version: str, lineage: str | None = None) -> dict[str, Any]:
+    """Rewrites the card beside ``weights`` (its training summary kept) with this code's notes and a version."""
+    card = card_load(card_paths(weights)[0])
+    keep = {k: v for k, v in card.items() if k not in ("name", "version", "sha256", "weights_file", "intended_use")}
+    keep.pop("advisory", None)
+    family = keep.get("training", {}).get("generator_family", "A")
+    return write_card(weights, with_card_notes(keep, family, lineage), version=version)
 
 
 def parse_args(argv: list[str] | None = None) -> RunConfig:
@@ -631,6 +679,8 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     p.add_argument("--cache", type=Path, default=None, help="keep generated samples here for later runs")
     p.add_argument("--init", type=Path, default=None, help="start from these weights (a state_dict) instead")
     p.add_argument("--threads", type=int, default=None, help="torch threads for training (default: torch's)")
+    p.add_argument("--version", default=CARD_VERSION, help="version written into the model card")
+    p.add_argument("--lineage", default=None, help="a sentence for the card: where the weights come from")
     p.add_argument(
         "--mine-hard-negatives",
         action="store_true",
@@ -656,7 +706,7 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     return RunConfig(
         a.finding, a.train_count, a.val_count, a.seed, a.epochs, a.out, batch, a.lr, a.workers,
         a.target_sensitivity, a.family, a.time_budget_min * 60 if a.time_budget_min else None, a.cache,
-        a.init, a.threads, a.mine_hard_negatives, max(0, a.repeat_small), a.architecture,
+        a.init, a.threads, a.mine_hard_negatives, max(0, a.repeat_small), a.architecture, a.version, a.lineage,
     )  # fmt: skip
 
 
