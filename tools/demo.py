@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.orthanc import OrthancServer
+from tools.orthanc import OrthancServer, notify_script
 from tools.procs import free_port, port_open
-from tools.run import ROOT, process_table, supervise
+from tools.run import ROOT, RunRefused, event_path, process_table, supervise
 
 RUN_DIR = ROOT / ".run" / "demo"
 # The phantoms' known labels, ready for the console's ground-truth import.
@@ -112,10 +112,12 @@ def start_fhir_server(directory: Path):
     return FhirServer(directory).start()
 
 
-def create_users(env: dict[str, str]) -> dict[str, str]:
+def create_users(env: dict[str, str], pacs_token: str) -> dict[str, str]:
+    """The demo's admin and radiologist, and the service user whose token the PACS's notify hook sends."""
     passwords = {"demo-admin": secrets.token_urlsafe(9), "demo-radiologist": secrets.token_urlsafe(9)}
     script = (
         "from triage.models import User\n"
+        "from rest_framework.authtoken.models import Token\n"
         "import os\n"
         "for name, role in (('demo-admin', 'admin'), ('demo-radiologist', 'radiologist')):\n"
         "    user, _ = User.objects.get_or_create(username=name)\n"
@@ -124,11 +126,17 @@ def create_users(env: dict[str, str]) -> dict[str, str]:
         "    user.is_superuser = role == 'admin'\n"
         "    user.set_password(os.environ['DEMO_PW_' + role.upper()])\n"
         "    user.save()\n"
+        "pacs, _ = User.objects.get_or_create(username='demo-pacs-hook')\n"
+        "pacs.set_unusable_password()\n"
+        "pacs.save()\n"
+        "Token.objects.filter(user=pacs).delete()\n"
+        "Token.objects.create(user=pacs, key=os.environ['DEMO_PACS_TOKEN'])\n"
     )
     user_env = {
         **env,
         "DEMO_PW_ADMIN": passwords["demo-admin"],
         "DEMO_PW_RADIOLOGIST": passwords["demo-radiologist"],
+        "DEMO_PACS_TOKEN": pacs_token,
     }
     subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "shell", "-v", "0", "-c", script], check=True, cwd=ROOT, env=user_env
@@ -141,10 +149,24 @@ def main() -> int:
     if port_open(port):
         print(f"Port {port} is in use: stop what runs there or set TRIAGE_HTTP_PORT", file=sys.stderr)
         return 1
+    try:
+        event_path(dict(os.environ))
+    except RunRefused as err:
+        print(f"make demo: {err}", file=sys.stderr)
+        return 2
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     RUN_DIR.mkdir(parents=True)
     GROUND_TRUTH_CSV.write_text("study_instance_uid,finding,label\n")
-    orthanc = OrthancServer(RUN_DIR / "orthanc", port=8042 if not port_open(8042) else free_port()).start()
+    pacs_token = secrets.token_hex(20)
+    # Orthanc tells the app when a study is complete (OnStableStudy), so the app need not wait for it to settle.
+    hook = notify_script(
+        RUN_DIR / "orthanc" / "triage-notify.lua",
+        notify_url=f"http://127.0.0.1:{port}/api/v1/studies/notify/",
+        token=pacs_token,
+    )
+    orthanc = OrthancServer(
+        RUN_DIR / "orthanc", port=8042 if not port_open(8042) else free_port(), stable_age=2, lua_scripts=[hook]
+    ).start()
     fhir = start_fhir_server(RUN_DIR / "fhir")
     env = {
         **os.environ,
@@ -157,17 +179,19 @@ def main() -> int:
         "TRIAGE_HTTP_PORT": str(port),
     }
     env.pop("DATABASE_URL", None)
+    env, redis_port = event_path(env)
+    programs = process_table(port, env, redis_port=redis_port)
     if fhir is not None:
         env["TRIAGE_FHIR_BASE_URL"] = fhir.base_url
     stop = threading.Event()
     try:
         for args in (["migrate", "--noinput", "-v", "0"], ["triage_seed_defaults"]):
             subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], check=True, cwd=ROOT, env=env)
-        passwords = create_users(env)
+        passwords = create_users(env, pacs_token)
         feeder = threading.Thread(target=feed_pacs, args=(orthanc, stop), daemon=True)
         feeder.start()
         print_banner(port, passwords, orthanc, fhir)
-        return supervise(process_table(port), env=env)
+        return supervise(programs, env, RUN_DIR / "supervisor")
     finally:
         stop.set()
         if fhir is not None:

@@ -12,6 +12,16 @@ import requests
 from tools.procs import free_port, wait_until
 
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+NOTIFY_LUA = Path(__file__).resolve().parent.parent / "deploy" / "orthanc" / "triage-notify.lua"
+
+
+def notify_script(path: Path, *, notify_url: str, token: str) -> Path:
+    """Write the OnStableStudy hook (deploy/orthanc/triage-notify.lua) with the app's URL and token filled in."""
+    text = NOTIFY_LUA.read_text().replace("@TRIAGE_NOTIFY_URL@", notify_url).replace("@TRIAGE_TOKEN@", token)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
 
 
 @dataclass

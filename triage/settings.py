@@ -178,6 +178,8 @@ TRIAGE_FHIR_BASE_URL = env_str("TRIAGE_FHIR_BASE_URL")
 TRIAGE_FHIR_VERSION = env_choice("TRIAGE_FHIR_VERSION", "R4", ("R4", "R5"))
 TRIAGE_FHIR_TOKEN = env_str("TRIAGE_FHIR_TOKEN")
 TRIAGE_DEVICE = env_device("TRIAGE_DEVICE", "cpu")
+# Threads per inference worker; 0 lets torch use every core (``make run`` shares the cores among its workers).
+TRIAGE_TORCH_THREADS = env_int("TRIAGE_TORCH_THREADS", 0, minimum=0)
 TRIAGE_MODEL_DIR = env_str("TRIAGE_MODEL_DIR")
 TRIAGE_POLL_SECONDS = env_float("TRIAGE_POLL_SECONDS", 10.0, minimum=0.1)
 

@@ -45,7 +45,8 @@ def runner_load(*, finding: str, weights: str | None, sha256: str | None, device
     from inference.runner import DeviceUnavailable, ModelRunner
 
     try:
-        return ModelRunner(finding, weights=weights, sha256=sha256, device=device)
+        threads = settings.TRIAGE_TORCH_THREADS or None
+        return ModelRunner(finding, weights=weights, sha256=sha256, device=device, num_threads=threads)
     except ModelLoadError as err:
         raise ModelUnavailable(finding, err.code, err.message) from err
     except DeviceUnavailable as err:
