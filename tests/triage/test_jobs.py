@@ -199,3 +199,18 @@ def test_only_a_finished_job_whose_study_grew_is_queued_again():
     done.refresh_from_db()
     assert (same, grown, busy) == (False, True, False)
     assert (done.state, done.attempts, done.instance_count, done.finished_at) == (JobState.QUEUED, 0, 90, None)
+
+
+def test_a_new_study_is_taken_before_a_backlog_of_pacs_retries(settings, django_capture_on_commit_callbacks):
+    settings.TRIAGE_PACS_RETRY_BASE_SECONDS = 0
+    retries = [jobs.job_claim(job_id=JobFactory().pk, worker_id="a") for _ in range(3)]
+    with django_capture_on_commit_callbacks(execute=True):
+        for job in retries:
+            jobs.job_retry_later(job=job, worker_id="a", error_code="pacs_unavailable", error_message="", timings={})
+    fresh = JobFactory()
+    jobs.job_enqueue(job_id=fresh.pk)
+
+    first = DBTaskResult.objects.ready().order_by(*DBTaskResult._meta.ordering).first()
+
+    assert first is not None
+    assert first.args_kwargs["args"] == [fresh.pk]

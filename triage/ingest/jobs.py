@@ -21,6 +21,9 @@ from triage.models import ACTIVE_JOB_STATES, FINAL_JOB_STATES, JobState, TriageJ
 
 logger = logging.getLogger(__name__)
 
+ARRIVAL_PRIORITY = 10  # django-tasks runs higher priorities first
+RETRY_PRIORITY = 0
+
 # A queued job younger than this may still have its task on the way (enqueued on commit): leave it alone.
 SWEEP_GRACE_SECONDS = 5.0
 SWEEP_BATCH = 200
@@ -141,7 +144,7 @@ def _requeue_after(
         timings=timings,
         **fields,
     )
-    job_enqueue_on_commit(job_id=job.pk, run_after=available_at)
+    job_enqueue_on_commit(job_id=job.pk, run_after=available_at, priority=RETRY_PRIORITY)
 
 
 def job_settle_note(*, job: TriageJob, worker_id: str, instance_count: int | None, since: datetime) -> None:
@@ -241,7 +244,7 @@ def job_requeue_grown(*, job_id: int, instance_count: int) -> bool:
         obj=TriageJob(pk=job_id),
         data={"reason": "instances_added", "instances_before": previous, "instances_now": instance_count},
     )
-    job_enqueue_on_commit(job_id=job_id, run_after=available_at)
+    job_enqueue_on_commit(job_id=job_id, run_after=available_at, priority=RETRY_PRIORITY)
     return True
 
 
@@ -266,13 +269,17 @@ def job_retry_by_admin(*, job_id: int, actor: User) -> bool:
     return True
 
 
-def job_enqueue_on_commit(*, job_id: int, run_after: datetime | None = None) -> None:
-    transaction.on_commit(lambda: job_enqueue(job_id=job_id, run_after=run_after))
+def job_enqueue_on_commit(*, job_id: int, run_after: datetime | None = None, priority: int = ARRIVAL_PRIORITY) -> None:
+    transaction.on_commit(lambda: job_enqueue(job_id=job_id, run_after=run_after, priority=priority))
 
 
-def job_enqueue(*, job_id: int, run_after: datetime | None = None) -> str:
-    """Put a task for the job on the ingest queue and remember its id (the sweeper checks it is still waiting)."""
-    task = triage_job_process.using(run_after=run_after) if run_after is not None else triage_job_process
+def job_enqueue(*, job_id: int, run_after: datetime | None = None, priority: int = ARRIVAL_PRIORITY) -> str:
+    """Put a task for the job on the ingest queue and remember its id (the sweeper checks it is still waiting).
+
+    Studies just arrived go first; retries after a PACS failure and re-reads of grown studies queue behind them,
+    so a backlog of those never holds back a new head CT.
+    """
+    task = triage_job_process.using(priority=priority, run_after=run_after)
     result = task.enqueue(job_id)
     TriageJob.objects.filter(pk=job_id).update(task_id=str(result.id))
     return str(result.id)
