@@ -17,6 +17,7 @@ from worklist.serializers import WorklistItemSerializer
 
 WORKLIST_GROUP = "worklist"
 EVENT_TYPE = "worklist.event"  # handled by WorklistConsumer.worklist_event
+BEAT_TYPE = "worklist.beat"  # a consumer's heartbeat to itself, handled by WorklistConsumer.worklist_beat
 
 KIND_ADDED = "added"
 KIND_CHANGED = "changed"
@@ -41,8 +42,14 @@ def item_event(*, seq: int, kind: str, changes: list[str], item: WorklistItem, n
     }
 
 
-def hello_event(*, seq: int) -> dict:
-    return {"type": "hello", "seq": seq}
+def hello_event(*, seq: int, beat_seconds: float) -> dict:
+    """Sent on connect: where the client resumes, and how often a beat proves the event path while connected."""
+    return {"type": "hello", "seq": seq, "beat_seconds": beat_seconds}
+
+
+def beat_event(*, seq: int) -> dict:
+    """A heartbeat that crossed the channel layer; a ``seq`` ahead of the client's means it missed events."""
+    return {"type": "beat", "seq": seq}
 
 
 def broadcast(payload: dict) -> None:

@@ -1,6 +1,10 @@
-"""The /ws/worklist/ consumer: login required, one event per committed change, in sequence."""
+"""The /ws/worklist/ consumer: login required, one event per committed change, in sequence, and a heartbeat that
+crosses the channel layer."""
 
 from __future__ import annotations
+
+import asyncio
+import logging
 
 import pytest
 from channels.db import database_sync_to_async
@@ -10,7 +14,7 @@ from django.db import connection
 
 from tests.factories import StudyFactory, UserFactory
 from triage.asgi import application
-from worklist import services
+from worklist import consumers, services
 from worklist.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,7 +47,7 @@ async def test_logged_in_client_gets_hello_with_current_sequence():
     communicator = await connected()
     hello = await communicator.receive_json_from(timeout=5)
     await communicator.disconnect()
-    assert hello == {"type": "hello", "seq": 0}
+    assert hello == {"type": "hello", "seq": 0, "beat_seconds": consumers.BEAT_SECONDS}
 
 
 async def test_new_study_is_pushed_after_commit_with_item_payload():
@@ -112,3 +116,56 @@ async def test_event_relay_skips_the_per_message_database_cleanup(monkeypatch):
     pong = await communicator.receive_json_from(timeout=5)
     await communicator.disconnect()
     assert (relayed, during_relay, pong, len(calls) >= 1) == ({"seq": 7}, 0, {"type": "pong"}, True)
+
+
+@pytest.fixture
+def quick_beats(monkeypatch):
+    monkeypatch.setattr(consumers, "BEAT_SECONDS", 0.05)
+
+
+async def next_of_type(communicator: WebsocketCommunicator, kind: str) -> dict:
+    """The next message of one type; beats and events interleave at a short beat interval."""
+    async with asyncio.timeout(10):
+        while True:
+            message = await communicator.receive_json_from(timeout=5)
+            if message["type"] == kind:
+                return message
+
+
+async def test_beat_crosses_the_layer_and_carries_the_current_sequence(quick_beats):
+    communicator = await connected()
+    await communicator.receive_json_from(timeout=5)
+    first = await next_of_type(communicator, "beat")
+    await database_sync_to_async(lambda: services.worklist_item_sync(study=StudyFactory()))()
+    await next_of_type(communicator, "item")
+    after_change = await next_of_type(communicator, "beat")
+    await communicator.disconnect()
+    assert (first, after_change) == ({"type": "beat", "seq": 0}, {"type": "beat", "seq": 1})
+
+
+async def test_beat_that_cannot_be_sent_is_logged_once_and_the_socket_closed_for_a_fresh_subscription(
+    quick_beats, monkeypatch, caplog
+):
+    from channels.layers import get_channel_layer
+
+    async def layer_down(channel, message):
+        raise ConnectionError("event path down")
+
+    communicator = await connected()
+    await communicator.receive_json_from(timeout=5)
+    monkeypatch.setattr(get_channel_layer(), "send", layer_down)
+    with caplog.at_level(logging.WARNING, logger="worklist.consumers"):
+        closed = await communicator.receive_output(timeout=5)
+    await communicator.wait(timeout=5)
+    not_sent = [r for r in caplog.records if "could not be sent" in r.getMessage()]
+    assert (closed, len(not_sent)) == ({"type": "websocket.close", "code": consumers.CLOSE_EVENT_PATH_LOST}, 1)
+
+
+async def test_beat_task_ends_when_the_client_disconnects(quick_beats):
+    communicator = await connected()
+    await communicator.receive_json_from(timeout=5)
+    await next_of_type(communicator, "beat")
+    beats = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "WorklistConsumer.beat_loop"]
+    await communicator.disconnect()
+    await asyncio.wait(beats, timeout=5)
+    assert [t.cancelled() for t in beats] == [True]
