@@ -1,15 +1,19 @@
 """Model cards: what a set of weights is, how it was made, how well it did, and what it must not be used for.
 
 Written beside the weights as ``<stem>.card.json`` (read by the loader: architecture, threshold, SHA-256) and
-``<stem>.card.md`` (for people).
+``<stem>.card.md`` (for people). A card also tells monitoring what to expect at a site: the score histogram and the
+band of plausible flag rates (``card_reference``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def sha256_file(path: Path) -> str:
@@ -175,3 +179,123 @@ def _evaluation_markdown(ev: dict[str, Any]) -> list[str]:
     if "key_slice_in_lesion" in ev:
         lines.append(f"- Key slice inside the lesion: {_iv(ev['key_slice_in_lesion'])}")
     return lines
+
+
+# --- what a card leads the product to expect --------------------------------------------------------------------
+
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# Site prevalence assumed when a card states no ``monitoring`` range: a triage stream of head CTs.
+PREVALENCE_LOW, PREVALENCE_HIGH = 0.05, 0.25
+
+
+@dataclass(frozen=True)
+class CardReference:
+    """What a card predicts for a site: the score histogram at one prevalence and the plausible flag-rate band."""
+
+    bin_edges: list[float]
+    expected: list[float]  # share of studies per bin at ``prevalence``; sums to 1
+    prevalence: float
+    prevalence_low: float
+    prevalence_high: float
+    threshold: float
+    sensitivity: float
+    specificity: float
+    flag_rate_low: float
+    flag_rate_high: float
+
+
+def shipped_card(finding: str) -> dict[str, Any]:
+    """The card of the weights shipped for a finding (torch-free: it reads JSON only), or {}."""
+    found = card_for_finding(SHIPPED_WEIGHTS_DIR, finding)
+    return found[1] if found else {}
+
+
+def prevalence_range(card: dict[str, Any]) -> tuple[float, float]:
+    """The card's ``monitoring`` prevalence range, else 5–25%."""
+    section = card.get("monitoring") or {}
+    low = float(section.get("prevalence_low", PREVALENCE_LOW))
+    high = float(section.get("prevalence_high", PREVALENCE_HIGH))
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(f"Model card monitoring range {low}–{high} is not 0 ≤ low ≤ high ≤ 1")
+    return low, high
+
+
+def class_histograms(card: dict[str, Any]) -> tuple[list[float], np.ndarray, np.ndarray]:
+    """(bin edges, positives per bin, negatives per bin) from ``reference`` if the card has one, else calibration.
+
+    A ``reference`` section gives ``bin_edges``, ``positives`` and ``negatives`` (counts or shares) directly. From
+    ``validation.calibration`` the positives of a bin are its count times its observed rate, the negatives the rest.
+    """
+    if "reference" in card:
+        ref = card["reference"]
+        edges = [float(e) for e in ref["bin_edges"]]
+        pos, neg = np.asarray(ref["positives"], dtype=np.float64), np.asarray(ref["negatives"], dtype=np.float64)
+    else:
+        cal = card["validation"]["calibration"]
+        edges = [float(e) for e in cal["bin_edges"]]
+        counts = np.asarray(cal["counts"], dtype=np.float64)
+        rate = np.asarray([r if r is not None else 0.0 for r in cal["observed_rate"]], dtype=np.float64)
+        pos, neg = counts * rate, counts * (1.0 - rate)
+    if not (len(edges) == pos.size + 1 == neg.size + 1) or pos.sum() <= 0 or neg.sum() <= 0:
+        raise ValueError("Model card histograms need bin_edges one longer than the counts and both classes")
+    return edges, pos, neg
+
+
+def _operating_point(card: dict[str, Any]) -> tuple[float, float]:
+    op = card["validation"]["operating_point"]
+    return float(op["sensitivity"]["estimate"]), float(op["specificity"]["estimate"])
+
+
+def flag_rate(sensitivity: float, specificity: float, prevalence: float) -> float:
+    """Share of studies flagged: true alerts p·sens plus false alerts (1 − p)·(1 − spec)."""
+    return prevalence * sensitivity + (1.0 - prevalence) * (1.0 - specificity)
+
+
+def card_reference(card: dict[str, Any], *, prevalence: float | None = None) -> CardReference:
+    """The expected score histogram at ``prevalence`` (default: the middle of the card's range) and the band of
+    flag rates the card's operating point gives over the prevalence range. Raises ValueError for a card without
+    the validation sections this needs."""
+    try:
+        edges, pos, neg = class_histograms(card)
+        sens, spec = _operating_point(card)
+        threshold = float(card["threshold"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"Model card lacks what a reference needs: {err}") from err
+    low, high = prevalence_range(card)
+    p = (low + high) / 2.0 if prevalence is None else prevalence
+    mixed = p * pos / pos.sum() + (1.0 - p) * neg / neg.sum()
+    rates = sorted((flag_rate(sens, spec, low), flag_rate(sens, spec, high)))
+    return CardReference(
+        bin_edges=edges,
+        expected=[float(x) for x in mixed],
+        prevalence=p,
+        prevalence_low=low,
+        prevalence_high=high,
+        threshold=threshold,
+        sensitivity=sens,
+        specificity=spec,
+        flag_rate_low=rates[0],
+        flag_rate_high=rates[1],
+    )
+
+
+def _share_at_or_above(edges: list[float], counts: np.ndarray, threshold: float) -> float:
+    """Share of a histogram at or above ``threshold``, scores spread evenly within a bin."""
+    above = 0.0
+    for i, count in enumerate(counts):
+        lo, hi = edges[i], edges[i + 1]
+        if threshold <= lo:
+            above += count
+        elif threshold < hi:
+            above += count * (hi - threshold) / (hi - lo)
+    return float(above / counts.sum())
+
+
+def expected_flag_rate(card: dict[str, Any], threshold: float, prevalence: float) -> float:
+    """Approximate flag rate at any threshold, from the card's per-class histograms (scores taken as spread evenly
+    within each bin, so it is only as fine as the bins; at the card's own threshold the operating point is exact
+    and ``card_reference`` uses that)."""
+    edges, pos, neg = class_histograms(card)
+    sens = _share_at_or_above(edges, pos, threshold)
+    spec = 1.0 - _share_at_or_above(edges, neg, threshold)
+    return flag_rate(sens, spec, prevalence)
