@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from scipy import ndimage as ndi
 
+from inference.inputcheck import input_check
 from inference.keyimage import render_key_image
 from inference.loader import LoadedModel, load_model, shipped_weights
 from inference.networks import ICH_SUBTYPES
@@ -55,6 +56,13 @@ class TriageOutput:
     timings: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     advisory: bool = True  # AI output: a prompt to read sooner, never a diagnosis
+    # The study against the card's validated ranges (inference.inputcheck): outside them, the score is shown but
+    # must not raise the study's priority.
+    input_check: dict[str, Any] | None = None
+
+    @property
+    def in_validated_range(self) -> bool:
+        return self.input_check is None or bool(self.input_check.get("in_range", True))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, heatmap omitted (it is rendered into the key image)."""
@@ -142,6 +150,10 @@ class ModelRunner:
                     t1 = time.perf_counter()
                     one = {k: v[row].float().cpu() for k, v in outputs.items()}
                     result = self._postprocess(one, prepared[i].grid)
+                    volume, spacing = studies[i]
+                    result.input_check = input_check(
+                        volume, spacing, finding=self.finding, card=self.model.card
+                    ).as_dict()
                     post_s = time.perf_counter() - t1
                     result.timings = {
                         "preprocess_s": prep_s,

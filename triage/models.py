@@ -305,6 +305,17 @@ class TriageResult(models.Model):
         return f"{self.finding} {self.score:.3f} ({self.model_name} {self.model_version})"
 
     @property
+    def in_validated_range(self) -> bool:
+        """False when the study lay outside the model card's validated ranges (then it raises no priority)."""
+        check = (self.details or {}).get("input_check")
+        return not isinstance(check, dict) or bool(check.get("in_range", True))
+
+    @property
+    def input_check_reasons(self) -> list[str]:
+        check = (self.details or {}).get("input_check")
+        return list(check.get("reasons") or []) if isinstance(check, dict) else []
+
+    @property
     def reported_side(self) -> str | None:
         """The model's side (LVO) for a positive finding: a side of a finding, never of its absence."""
         side = (self.details or {}).get("side")
@@ -432,3 +443,38 @@ class GroundTruth(models.Model):
 
     def __str__(self) -> str:
         return f"{self.finding} {'present' if self.label else 'absent'} ({self.source})"
+
+
+class AlertKind(models.TextChoices):
+    FLAG_RATE_HIGH = "flag_rate_high", "Too many studies flagged"
+    FLAG_RATE_LOW = "flag_rate_low", "Too few studies flagged"
+
+
+class ModelAlert(models.Model):
+    """A model behaving implausibly for its card: raised by governance, cleared when the rate is plausible again."""
+
+    finding = models.CharField(max_length=8, choices=Finding.choices)
+    model_version = models.CharField(max_length=32)
+    kind = models.CharField(max_length=24, choices=AlertKind.choices)
+    flagged = models.PositiveIntegerField(help_text="Flagged studies among the last ``window`` results")
+    window = models.PositiveIntegerField()
+    expected_low = models.FloatField(help_text="Lowest plausible flag rate (the model card at the site's prevalence)")
+    expected_high = models.FloatField(help_text="Highest plausible flag rate")
+    p_value = models.FloatField(help_text="One-sided binomial test against the nearer end of the band")
+    raised_at = models.DateTimeField(default=timezone.now)
+    cleared_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-raised_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["finding", "kind"], condition=Q(cleared_at__isnull=True), name="one_open_alert_per_finding_kind"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.finding} {self.kind} ({self.flagged}/{self.window})"
+
+    @property
+    def flag_rate(self) -> float:
+        return self.flagged / self.window if self.window else 0.0

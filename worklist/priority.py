@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 LEVEL_ROUTINE = 0
 LEVEL_HIGH = 1
@@ -42,6 +43,19 @@ _SCORE_STEPS = 1000  # scores are compared to 1/1000; finer differences are nois
 class FindingScore:
     score: float
     positive: bool
+
+
+class ResultLike(Protocol):
+    score: float
+    positive: bool
+
+    @property
+    def in_validated_range(self) -> bool: ...
+
+
+def finding_score(result: ResultLike) -> FindingScore:
+    """A finding raises priority only when positive on an input inside the model's validated ranges."""
+    return FindingScore(score=result.score, positive=result.positive and result.in_validated_range)
 
 
 @dataclass(frozen=True)

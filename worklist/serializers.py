@@ -41,6 +41,10 @@ class FindingSerializer(serializers.Serializer):
     score = serializers.FloatField(help_text="0..1")
     threshold = serializers.FloatField(help_text="The operating point in force when the result was stored")
     positive = serializers.BooleanField(help_text="score ≥ threshold")
+    in_validated_range = serializers.BooleanField(
+        help_text="False: the study lay outside the model card's validated ranges; the finding raises no priority"
+    )
+    input_check_reasons = serializers.ListField(child=serializers.CharField(), help_text="Why it was outside")
     advisory = serializers.BooleanField(help_text="Always true: the AI output is advisory, not a diagnosis")
     key_image_url = serializers.SerializerMethodField()
 
@@ -63,6 +67,8 @@ def finding_payload(result: TriageResult) -> dict:
         "score": result.score,
         "threshold": result.threshold,
         "positive": result.positive,
+        "in_validated_range": result.in_validated_range,
+        "input_check_reasons": result.input_check_reasons,
         "advisory": result.advisory,
         "key_image_url": key_image_url(result),
     }
@@ -157,7 +163,7 @@ class WorklistItemSerializer(serializers.Serializer):
         return getattr(item, "rank", None)
 
     def _level(self, item: WorklistItem) -> int:
-        findings = [priority.FindingScore(r.score, r.positive) for r in item.study.current_results]
+        findings = [priority.finding_score(r) for r in item.study.current_results]
         return priority.level_for(urgency=item.urgency, findings=findings, pinned_level=item.pinned_priority)
 
     @extend_schema_field(serializers.CharField())

@@ -60,8 +60,8 @@ def _item_lock(*, study_instance_uid: str) -> WorklistItem:
 
 
 def _findings_of(study: Study) -> list[priority.FindingScore]:
-    current = TriageResult.objects.filter(study=study, is_current=True).values_list("score", "positive")
-    return [priority.FindingScore(score=score, positive=positive) for score, positive in current]
+    current = TriageResult.objects.filter(study=study, is_current=True).only("score", "positive", "details")
+    return [priority.finding_score(result) for result in current]
 
 
 def _recompute(item: WorklistItem, *, now: datetime) -> list[str]:

@@ -75,6 +75,16 @@ def test_r4_report_is_a_preliminary_radiology_report_labelled_as_ai(lvo_result):
     assert "AI-generated" in report["conclusion"]
 
 
+def test_a_report_on_a_study_outside_the_validated_range_says_so(lvo_result):
+    lvo_result.details["input_check"] = {"in_range": False, "reasons": ["pixel size (mm) 1.2 is above 0.8"]}
+    bundle = fhir.report_bundle_build(study=lvo_result.study, result=lvo_result, spec=_spec())
+
+    report = fhir.bundle_resource(bundle, "DiagnosticReport")
+
+    assert fhir.OUTSIDE_VALIDATED_RANGE in report["conclusion"]
+    assert "not a diagnosis" in report["conclusion"]
+
+
 def test_observation_carries_presence_score_threshold_study_and_model(lvo_result):
     bundle = fhir.report_bundle_build(study=lvo_result.study, result=lvo_result, spec=_spec())
 

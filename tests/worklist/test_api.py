@@ -36,6 +36,8 @@ def test_worklist_item_has_contract_fields(radiologist_client, make_study):
         "score": 0.93,
         "threshold": 0.5,
         "positive": True,
+        "in_validated_range": True,
+        "input_check_reasons": [],
         "advisory": True,
         "key_image_url": None,
     }

@@ -32,6 +32,19 @@ def test_sync_of_negative_result_is_not_critical(make_study):
     assert make_study(ich=0.2).critical is False
 
 
+def test_a_positive_finding_outside_the_validated_range_is_shown_but_raises_no_priority(make_study):
+    item = make_study(ich=0.2)
+    outside = {"in_range": False, "reasons": ["brain HU 79 is above the validated 55"], "stats": {}}
+    item.study.results.update(is_current=False)
+    ResultFactory(series=item.study.series.first(), score=0.97, details={"input_check": outside})
+
+    synced = services.worklist_item_sync(study=item.study)
+    (finding,) = selectors.worklist_item_for_payload(item_id=synced.pk).study.current_results
+
+    assert (synced.critical, synced.sort_key) == (False, make_study(ich=0.2).sort_key)
+    assert (finding.positive, finding.in_validated_range) == (True, False)
+
+
 def test_sync_reads_stat_from_requested_priority(make_study):
     assert make_study(requested_priority="STAT").urgency == 3
 

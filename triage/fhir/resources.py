@@ -153,6 +153,12 @@ def observation_code(finding: str) -> dict[str, Any]:
     return {"coding": codings, "text": f"{Finding(finding).label} (AI triage)"}
 
 
+OUTSIDE_VALIDATED_RANGE = (
+    "The study lay outside the model's validated input ranges (scanner, noise or geometry): the score may not be "
+    "reliable and did not raise the study's priority."
+)
+
+
 def conclusion_text(*, result: TriageResult, spec: ReportSpec) -> str:
     verdict = "suspected" if result.positive else "not suspected"
     summary = (
@@ -166,6 +172,8 @@ def conclusion_text(*, result: TriageResult, spec: ReportSpec) -> str:
     }
     prefix = prefixes.get(spec.status, "")
     note = f" {spec.note}" if spec.note else ""
+    if not result.in_validated_range:
+        note += f" {OUTSIDE_VALIDATED_RANGE}"
     return f"{prefix}{summary}{note} {ADVISORY}"
 
 
