@@ -16,6 +16,12 @@
     detail: null,
     filters: { status: "open", finding: "", modality: "", mine: false },
     socket: null,
+    open: false,
+    everOpened: false,
+    lastSeen: 0,
+    beatSeconds: 5,
+    behind: 0,
+    catchUpTimer: null,
     retry: 0,
     loading: null,
     sound: localStorage.getItem("worklist.sound") !== "off",
@@ -23,6 +29,15 @@
     alerted: new Set(),
   };
   const $ = (id) => document.getElementById(id);
+  const STALE_BEATS = 2.5; // no beat for this many intervals: the page is no longer live
+  const DEAD_BEATS = 6; // no message at all for this many: reconnect
+  const CATCH_UP_GRACE_MS = 1000;
+  const BADGE = {
+    connecting: ["Connecting…", "Opening the live connection"],
+    live: ["Live", "Updates arrive as they happen"],
+    reconnecting: ["Reconnecting…", "The live connection dropped; retrying. The list may be out of date."],
+    stale: ["Not live: updates paused", "The connection is open but updates stopped arriving. The list may be out of date."],
+  };
 
   // ---- helpers ---------------------------------------------------------------------------------------------
   function el(tag, attrs, ...children) {
@@ -115,16 +130,21 @@
     return `worklist/?${params}`;
   }
 
-  async function loadSnapshot() {
+  // ``view``: the filters changed, so items come and go without anything having been missed.
+  async function loadSnapshot({ view = false } = {}) {
     if (state.loading) return state.loading;
     state.loading = (async () => {
       try {
+        const resync = state.seq !== null && !view;
+        const previous = state.items;
         const body = await api(query());
         state.items = new Map(body.results.map((item) => [item.id, item]));
         state.seq = body.seq;
-        for (const item of body.results) if (item.acknowledged || !item.critical) state.alerted.add(item.id);
         resort();
         render();
+        // Events missed while the path was down must still alert, or a critical study could arrive silently.
+        if (resync) alertMissed(previous);
+        for (const item of body.results) if (item.acknowledged || !item.critical) state.alerted.add(item.id);
       } catch (err) {
         toast(err.message);
       } finally {
@@ -134,40 +154,81 @@
     return state.loading;
   }
 
+  // The badge tells the truth: "live" only while beats (which travel the server's event path) keep arriving.
   function connect() {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const socket = new WebSocket(`${scheme}://${location.host}${config.ws_path}`);
     state.socket = socket;
-    setConnection("conn-off", "Connecting…");
+    state.open = false;
     socket.onopen = () => {
       state.retry = 0;
-      setConnection("conn-live", "Live");
+      state.open = true;
+      state.everOpened = true;
+      state.lastSeen = Date.now();
+      updateBadge();
     };
-    socket.onmessage = (message) => onEvent(JSON.parse(message.data));
+    socket.onmessage = (message) => {
+      state.lastSeen = Date.now();
+      updateBadge();
+      onEvent(JSON.parse(message.data));
+    };
     socket.onclose = () => {
-      setConnection("conn-off", "Offline — retrying");
-      const delay = Math.min(30000, 500 * 2 ** state.retry++);
+      if (state.socket !== socket) return;
+      state.open = false;
+      updateBadge();
+      // Backoff with jitter, capped low enough that a page catches up soon after a short outage.
+      const delay = Math.min(10000, 500 * 2 ** state.retry++) * (0.75 + Math.random() / 2);
       setTimeout(connect, delay);
     };
+  }
+
+  function liveness() {
+    if (!state.everOpened && !state.open) return "connecting";
+    if (!state.open) return "reconnecting";
+    const quiet = Date.now() - state.lastSeen;
+    return quiet > STALE_BEATS * state.beatSeconds * 1000 ? "stale" : "live";
+  }
+
+  function watchLiveness() {
+    updateBadge();
+    // A socket silent for much longer than "stale" is likely half-open: drop it and let onclose reconnect.
+    const quiet = Date.now() - state.lastSeen;
+    if (state.open && quiet > DEAD_BEATS * state.beatSeconds * 1000) state.socket.close();
   }
 
   async function onEvent(event) {
     if (event.type === "hello") {
       // Whatever happened while disconnected, the snapshot is the truth.
+      if (event.beat_seconds) state.beatSeconds = event.beat_seconds;
       await loadSnapshot();
+      return;
+    }
+    if (event.type === "beat") {
+      catchUp(event.seq);
       return;
     }
     if (event.type !== "item") return;
     if (state.loading) await state.loading;
     if (state.seq !== null && event.seq <= state.seq) return; // already in the snapshot
     if (state.seq === null || event.seq !== state.seq + 1) {
-      setConnection("conn-resync", "Resynchronising…");
       await loadSnapshot();
-      setConnection("conn-live", "Live");
       return;
     }
     state.seq = event.seq;
     applyItem(event.item);
+  }
+
+  // A beat's seq ahead of ours means events were lost on the way (say, published while the event path was down).
+  // An event committed just before the beat may still be in flight behind it, so give it a moment first.
+  function catchUp(seq) {
+    if (state.seq === null || seq <= state.seq) return;
+    state.behind = Math.max(state.behind, seq);
+    if (state.catchUpTimer) return;
+    state.catchUpTimer = setTimeout(async () => {
+      state.catchUpTimer = null;
+      if (state.loading) await state.loading;
+      if (state.seq < state.behind) await loadSnapshot();
+    }, CATCH_UP_GRACE_MS);
   }
 
   function applyItem(item) {
@@ -184,6 +245,19 @@
   }
 
   // ---- alerts ----------------------------------------------------------------------------------------------
+  function alertMissed(previous) {
+    for (const item of state.order) {
+      const before = previous.get(item.id);
+      const critical = item.critical && !item.acknowledged && !state.alerted.has(item.id);
+      if (critical && !before?.critical) {
+        state.alerted.add(item.id);
+        raiseAlert(item);
+      } else if (before && !before.escalated && item.escalated && !item.acknowledged) {
+        raiseAlert(item, true);
+      }
+    }
+  }
+
   function raiseAlert(item, escalated) {
     const positive = item.findings.filter((f) => f.positive).map(findingText).join("; ");
     const prefix = escalated ? "Unacknowledged — escalated" : "New critical study";
@@ -230,10 +304,15 @@
     button.setAttribute("aria-pressed", String(on));
   }
 
-  function setConnection(cls, text) {
+  function updateBadge() {
+    const now = liveness();
     const node = $("connection");
-    node.className = `conn ${cls}`;
+    if (node.dataset.state === now) return;
+    const [text, title] = BADGE[now];
+    node.dataset.state = now;
+    node.className = `conn conn-${now}`;
     node.textContent = text;
+    node.title = title;
   }
 
   let toastTimer = null;
@@ -501,7 +580,7 @@
         const key = input.dataset.filter;
         state.filters[key] = input.type === "checkbox" ? input.checked : input.value.trim();
         state.detail = null;
-        loadSnapshot();
+        loadSnapshot({ view: true });
       });
     }
   }
@@ -514,6 +593,7 @@
     const wanted = Number(new URLSearchParams(location.search).get("item"));
     loadSnapshot().then(() => wanted && state.items.has(wanted) && select(wanted, true));
     connect();
+    setInterval(watchLiveness, 1000);
     // Waiting times and the starving tier move with the clock, without any event.
     setInterval(() => {
       resort();
