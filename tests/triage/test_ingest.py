@@ -186,3 +186,46 @@ def test_compressed_series_decode_to_the_same_hu_through_orthanc(orthanc, pacs_s
     assert volumes[1].meta["transfer_syntaxes"] == [COMPRESSIONS[name][1]]
     assert np.array_equal(volumes[0].hu, volumes[1].hu)
     assert np.array_equal(volumes[0].hu, hu_volume(series).astype(np.float32))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.postgres_only
+def test_an_inference_longer_than_the_lease_keeps_the_job(orthanc, pacs_source, fake_models, monkeypatch, settings):
+    import time
+
+    from tests.triage.ingest_helpers import FakeRunner
+    from triage.ingest import jobs
+
+    settings.TRIAGE_JOB_LEASE_SECONDS = 1
+    spec = upload_study(orthanc, StudySpec())
+    job = queue(spec)
+    taken_by_another: list[object] = []
+    slow_run = FakeRunner.run
+
+    def slow(self, volume_hu, spacing_mm):
+        time.sleep(2.5)  # the stage outlives the 1 s lease; another worker then tries to take the job
+        taken_by_another.append(jobs.job_claim(job_id=job.pk, worker_id="another-worker"))
+        return slow_run(self, volume_hu, spacing_mm)
+
+    monkeypatch.setattr(FakeRunner, "run", slow)
+
+    done = run(job)
+
+    assert taken_by_another == [None]
+    assert (done.state, done.lease_owner) == (JobState.DONE, "")
+    assert TriageResult.objects.filter(study=done.study, is_current=True).count() == 1
+
+
+def test_a_series_uid_reused_by_another_study_is_not_moved_to_it(orthanc, pacs_source, fake_models):
+    first = upload_study(orthanc, StudySpec())
+    first_job = run(queue(first))
+    reused = StudySpec(series=[SeriesSpec(series_uid=first.series[0].series_uid)])
+    upload_study(orthanc, reused)
+
+    second_job = run(queue(reused))
+
+    series = Series.objects.get(series_instance_uid=first.series[0].series_uid)
+    assert series.study_id == first_job.study_id
+    assert TriageResult.objects.filter(study=first_job.study, is_current=True).count() == 1
+    assert (second_job.state, second_job.error_code) == (JobState.DONE, "no_routable_series")
+    assert not TriageResult.objects.filter(study=second_job.study).exists()

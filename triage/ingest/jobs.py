@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -68,6 +71,41 @@ def job_lease_renew(*, job: TriageJob, worker_id: str, state: str | None = None)
     job.lease_expires_at = changes["lease_expires_at"]
     if state is not None:
         job.state = state
+
+
+@contextmanager
+def lease_kept(*, job: TriageJob, worker_id: str) -> Iterator[None]:
+    """Renew the job's lease from a side thread while a long stage runs (a slow fetch, a long inference).
+
+    Between stages the lease is renewed in line; inside one, only this keeps another worker from taking the job.
+    """
+    stop = threading.Event()
+    interval = max(0.1, settings.TRIAGE_JOB_LEASE_SECONDS / 3)
+    thread = threading.Thread(
+        target=_renew_until, args=(job.pk, worker_id, stop, interval), name=f"lease-{job.pk}", daemon=True
+    )
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _renew_until(job_id: int, worker_id: str, stop: threading.Event, interval: float) -> None:
+    try:
+        while not stop.wait(interval):
+            try:
+                held = TriageJob.objects.filter(pk=job_id, lease_owner=worker_id, state__in=ACTIVE_JOB_STATES).update(
+                    lease_expires_at=_lease_until(timezone.now())
+                )
+            except DatabaseError as err:  # a busy or restarting database: try again at the next tick
+                logger.warning("job %s: lease renewal failed with %s", job_id, type(err).__name__)
+                continue
+            if not held:
+                return
+    finally:
+        connection.close()
 
 
 def job_lock_held(*, job: TriageJob, worker_id: str) -> TriageJob:

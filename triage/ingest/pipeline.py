@@ -198,7 +198,11 @@ def study_discover(
         if instance is None:
             continue
         first_instance = first_instance or instance
-        rows.append(_series_store(study=study, series_json=item, instance=instance))
+        stored = _series_store(study=study, series_json=item, instance=instance)
+        if stored is None:
+            logger.warning("job %s: a series whose UID belongs to another study was skipped", job.pk)
+            continue
+        rows.append(stored)
     if first_instance is None:
         return None
     study_tags_apply(study=study, metadata=[first_instance])
@@ -210,9 +214,15 @@ def _modality(item: dict) -> str:
 
 
 @transaction.atomic
-def _series_store(*, study: Study, series_json: dict, instance: dict) -> Series:
-    """Upsert the series with its tags and its routing decision (kept for every series, routed or not)."""
+def _series_store(*, study: Study, series_json: dict, instance: dict) -> Series | None:
+    """Upsert the series with its tags and its routing decision (kept for every series, routed or not).
+
+    None when the SeriesInstanceUID already belongs to another study: a series UID is unique across studies, so the
+    PACS holds conflicting data; the series stays with the study that had it first and is not read for this one.
+    """
     tags = series_tags_from_dicom_json({}, series_json, instance)
+    if Series.objects.filter(series_instance_uid=tags.series_instance_uid).exclude(study=study).exists():
+        return None
     decision = route_series(series=tags, rules=routing_rules())
     defaults = {
         **series_defaults([instance]),
@@ -312,7 +322,7 @@ def series_triage(
         outcome.notes.append(f"The {series.routed_model} model is disabled.")
         return
     try:
-        with stage(timings, "fetch"):
+        with stage(timings, "fetch"), jobs.lease_kept(job=job, worker_id=worker_id):
             volume = series_volume(
                 pacs=pacs,
                 series=series,
@@ -326,7 +336,7 @@ def series_triage(
         outcome.rejections.append((series, err.code, err.message))
         return
     jobs.job_lease_renew(job=job, worker_id=worker_id, state=JobState.INFERRING)
-    with stage(timings, "infer"):
+    with stage(timings, "infer"), jobs.lease_kept(job=job, worker_id=worker_id):
         output = runner_infer(runner=runner, volume=volume, source=job.study.source)
     with stage(timings, "key_image"):
         png = key_image(volume=volume, output=output)
