@@ -204,6 +204,8 @@ TRIAGE_ACK_TIMEOUT_MINUTES = env_int("TRIAGE_ACK_TIMEOUT_MINUTES", 10, minimum=1
 TRIAGE_VIEWER_URL = env_str("TRIAGE_VIEWER_URL", "")
 TRIAGE_ESCALATION_WEBHOOK_URL = env_str("TRIAGE_ESCALATION_WEBHOOK_URL")
 TRIAGE_ESCALATION_WEBHOOK_TIMEOUT_SECONDS = env_float("TRIAGE_ESCALATION_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
+# Model alerts: the flag rate of the last N current results per finding is tested against the model card's band.
+TRIAGE_FLAG_RATE_WINDOW = env_int("TRIAGE_FLAG_RATE_WINDOW", 20, minimum=10)
 # Absolute address of this app, for links in escalation messages.
 TRIAGE_PUBLIC_URL = env_str("TRIAGE_PUBLIC_URL", f"http://127.0.0.1:{TRIAGE_HTTP_PORT}")
 
