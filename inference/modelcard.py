@@ -299,3 +299,14 @@ def expected_flag_rate(card: dict[str, Any], threshold: float, prevalence: float
     sens = _share_at_or_above(edges, pos, threshold)
     spec = 1.0 - _share_at_or_above(edges, neg, threshold)
     return flag_rate(sens, spec, prevalence)
+
+
+def flag_rate_band(card: dict[str, Any], threshold: float | None = None) -> tuple[float, float]:
+    """Plausible flag rates over the card's prevalence range: exact at the card's threshold (its operating point),
+    approximate from the histograms at any other (``expected_flag_rate``)."""
+    reference = card_reference(card)
+    if threshold is None or abs(threshold - reference.threshold) < 1e-9:
+        return reference.flag_rate_low, reference.flag_rate_high
+    prevalences = (reference.prevalence_low, reference.prevalence_high)
+    rates = sorted(expected_flag_rate(card, threshold, p) for p in prevalences)
+    return rates[0], rates[1]

@@ -74,3 +74,12 @@ def test_a_card_without_validation_cannot_give_a_reference():
 def test_the_shipped_ich_card_expects_about_10_to_28_percent_flagged():
     reference = modelcard.card_reference(modelcard.shipped_card("ich"))
     assert (round(reference.flag_rate_low, 2), round(reference.flag_rate_high, 2)) == (0.10, 0.28)
+
+
+def test_flag_rate_band_at_the_cards_threshold_is_the_operating_point():
+    assert modelcard.flag_rate_band(CARD, 0.5) == modelcard.flag_rate_band(CARD)
+
+
+def test_flag_rate_band_at_another_threshold_comes_from_the_histograms():
+    low, high = modelcard.flag_rate_band(CARD, 0.375)
+    assert (low, high) == pytest.approx((0.05 * 0.95 + 0.95 * 0.25, 0.25 * 0.95 + 0.75 * 0.25))
