@@ -103,3 +103,38 @@ def rad_web(radiologist):
     client = Client()
     client.force_login(radiologist)
     return client
+
+
+def _test_card() -> dict:
+    """A small ICH model card, version 1.0: sensitivity and specificity 0.94 at 0.5, so 10-28% flagged at 5-25%
+    prevalence. Negatives score low and positives high on ten bins of 0.1."""
+    negatives = [40, 30, 15, 5, 4, 3, 2, 1, 0, 0]
+    positives = [0, 0, 1, 2, 3, 4, 5, 10, 25, 50]
+    counts = [n + p for n, p in zip(negatives, positives, strict=True)]
+    point = {"sensitivity": {"estimate": 0.94, "low": 0.87, "high": 0.97},
+             "specificity": {"estimate": 0.94, "low": 0.87, "high": 0.97}}  # fmt: skip
+    return {
+        "name": "ich-test",
+        "version": "1.0",
+        "finding": "ich",
+        "threshold": 0.5,
+        "validation": {
+            "operating_point": point,
+            "calibration": {
+                "bin_edges": [i / 10 for i in range(11)],
+                "counts": counts,
+                "observed_rate": [p / c if c else None for p, c in zip(positives, counts, strict=True)],
+            },
+        },
+    }
+
+
+@pytest.fixture
+def model_card(settings, tmp_path):
+    """The test card as the only card in TRIAGE_MODEL_DIR (the shipped cards name other versions)."""
+    import json
+
+    card = _test_card()
+    (tmp_path / "ich-test.card.json").write_text(json.dumps(card), encoding="utf-8")
+    settings.TRIAGE_MODEL_DIR = str(tmp_path)
+    return card

@@ -6,11 +6,12 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from tests.factories import JobFactory, ResultFactory, SeriesFactory, StudyFactory, UserFactory
 from triage.governance import monitoring
-from triage.models import FhirEndpoint, GroundTruth, OutboxMessage
+from triage.models import FhirEndpoint, GroundTruth, ModelConfig, OutboxMessage
 from worklist.models import Feedback
 
 pytestmark = pytest.mark.django_db
@@ -132,3 +133,49 @@ def test_queue_depth_counts_waiting_work():
     JobFactory(state="done")
     depth = monitoring.queue_depth()
     assert (depth["jobs_queued"], depth["jobs_active"], depth["outbox_pending"]) == (1, 2, 0)
+
+
+def test_baseline_is_the_model_card_before_local_ground_truth(model_card, now):
+    result_at(now, 0.5)
+    baseline = monitoring.drift_baseline(finding="ich", model_version="1.0")
+    # The card's classes mixed at 15% prevalence: the first bin holds 85% of 40% of negatives.
+    assert (baseline.kind, baseline.shares[0]) == ("card", pytest.approx(0.85 * 0.40))
+
+
+def test_local_validation_set_replaces_the_card_once_large_enough(model_card, now):
+    for i in range(monitoring.MIN_BASELINE):
+        result = result_at(now - timedelta(days=40), i / 100)
+        GroundTruth.objects.create(study=result.study, finding="ich", label=i % 2 == 0, source="csv")
+    assert monitoring.drift_baseline(finding="ich", model_version="1.0").kind == "validation"
+
+
+def test_card_baseline_takes_precedence_over_the_first_weeks_in_production(model_card, now):
+    for i in range(monitoring.MIN_BASELINE):
+        result_at(now, 0.99, created_at=now - timedelta(days=60) + timedelta(hours=i))
+    assert monitoring.drift_baseline(finding="ich", model_version="1.0").kind == "card"
+
+
+def card_like_scores(rng, n):
+    """Scores drawn from the test card's histogram at 15% prevalence (uniform within each bin)."""
+    negatives = np.array([40, 30, 15, 5, 4, 3, 2, 1, 0, 0]) / 100
+    positives = np.array([0, 0, 1, 2, 3, 4, 5, 10, 25, 50]) / 100
+    bins = rng.choice(10, size=n, p=0.85 * negatives + 0.15 * positives)
+    return (bins + rng.uniform(0.0, 1.0, n)) / 10
+
+
+def test_drift_against_the_card_is_quiet_for_its_own_distribution_and_alerts_on_all_high(model_card, now):
+    rng = np.random.default_rng(1)
+    for score in card_like_scores(rng, 400):
+        result_at(now - timedelta(days=1), float(score), version="1.0")
+    for _ in range(120):
+        result_at(now - timedelta(hours=1), 0.95, version="1.0")  # every normal head flagged
+    drift = monitoring.drift_report(finding="ich", period="day", now=now)
+    yesterday, today = (row_of(drift.table, monitoring.bucket_label((now - timedelta(days=d)).date())) for d in (1, 0))
+    assert (yesterday["psi"] < 0.1, today["alert"]) == (True, True)
+
+
+def test_drift_page_shows_the_card_baseline_on_a_fresh_install(model_card, admin_web):
+    ModelConfig.objects.create(finding="ich", name="ich-test", version="1.0", threshold=0.5)
+    page = admin_web.get(reverse("console-monitoring")).content.decode()
+    assert 'data-kind="card"' in page
+    assert "Drift baseline: model card of 1.0" in page

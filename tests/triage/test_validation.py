@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 
 from inference import stats
@@ -235,3 +236,40 @@ def test_threshold_pick_gives_rates_and_alerts_per_day_at_site_volume(db):
     sens, spec = 2 / 3, 2 / 3
     assert pick.alerts_per_day_expected == pytest.approx(2.6 * (0.1 * sens + 0.9 * (1 - spec)))
     assert pick.false_alerts_per_day_expected == pytest.approx(2.6 * 0.9 * (1 - spec))
+
+
+def twenty_studies_a_day_for_two_days(now, *, high):
+    """40 current results of version 1.0 over two days, ``high`` of them scoring 0.95, the rest 0.05."""
+    for i in range(40):
+        study = StudyFactory(received_at=now - timedelta(hours=47) + timedelta(hours=i))
+        ResultFactory(series=SeriesFactory(study=study), score=0.95 if i < high else 0.05, model_version="1.0")
+
+
+def test_threshold_pick_gives_alerts_per_day_from_the_live_scores(db, model_card):
+    now = timezone.now()
+    twenty_studies_a_day_for_two_days(now, high=30)
+    pick = validation.threshold_pick(finding="ich", model_version="1.0", threshold=0.5, now=now)
+    assert (pick.studies_per_day, pick.alerts_per_day_measured) == (20.0, pytest.approx(30 / 40 * 20))
+
+
+def test_threshold_pick_gives_alerts_per_day_from_the_model_card(db, model_card):
+    now = timezone.now()
+    twenty_studies_a_day_for_two_days(now, high=30)
+    card = validation.threshold_pick(finding="ich", model_version="1.0", threshold=0.5, now=now).card_alerts
+    # The card's operating point (0.94, 0.94) at 15% prevalence, and over 5-25%.
+    assert card.per_day == pytest.approx(20 * (0.15 * 0.94 + 0.85 * 0.06))
+    assert (card.per_day_low, card.per_day_high) == pytest.approx((20 * 0.104, 20 * 0.28))
+
+
+def test_threshold_pick_from_the_card_off_its_threshold_uses_the_bins(db, model_card):
+    now = timezone.now()
+    twenty_studies_a_day_for_two_days(now, high=30)
+    pick = validation.threshold_pick(finding="ich", model_version="1.0", threshold=0.4, prevalence=0.1, now=now)
+    # At 0.4: 97% of the card's positives and 10% of its negatives score at or above it.
+    assert pick.card_alerts.per_day == pytest.approx(20 * (0.1 * 0.97 + 0.9 * 0.10))
+
+
+def test_validation_page_shows_the_model_cards_alerts_per_day(db, model_card, admin_web):
+    twenty_studies_a_day_for_two_days(timezone.now(), high=30)
+    page = admin_web.get(reverse("console-validation", args=["ich"]), {"threshold": 0.5}).content.decode()
+    assert 'data-k="alerts-card">3.8 ' in page  # 20 a day × (0.15 × 0.94 + 0.85 × 0.06)

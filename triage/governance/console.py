@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
@@ -47,11 +49,27 @@ def _finding(code: str) -> str:
     return code
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV injection").
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """A value safe to open in a spreadsheet: text that would start a formula gets a leading quote; numbers stay."""
+    if value is None:
+        return ""
+    if isinstance(value, (int, float)) or not isinstance(value, str):
+        return value
+    if value.startswith(FORMULA_PREFIXES) and not PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def csv_response(filename: str, columns: list[str], rows: list[list]) -> HttpResponse:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(columns)
-    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    writer.writerow([csv_cell(c) for c in columns])
+    writer.writerows([[csv_cell(v) for v in row] for row in rows])
     response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
@@ -79,6 +97,7 @@ def console_index(request: HttpRequest) -> HttpResponse:
         "configs": ModelConfig.objects.order_by("finding"),
         "versions": validation.model_versions(),
         "queue": _queue_labels(monitoring.queue_depth()),
+        "alerts": monitoring.alerts_open(),
     }
     return render(request, "triage/console_index.html", context)
 
@@ -241,7 +260,7 @@ def _period(request: HttpRequest) -> str:
 
 def _monitoring_tables(finding: str, period: str) -> tuple[dict[str, monitoring.Table], monitoring.Drift]:
     drift = monitoring.drift_report(finding=finding, period=period)
-    histogram = monitoring.Table(["bin_low", "bin_high", "studies", "baseline"])
+    histogram = monitoring.Table(["bin_low", "bin_high", "studies", "baseline_share"])
     for i, count in enumerate(drift.histogram):
         base = drift.baseline_histogram[i] if drift.baseline_histogram else None
         histogram.rows.append([monitoring.SCORE_EDGES[i], monitoring.SCORE_EDGES[i + 1], count, base])
@@ -305,6 +324,8 @@ def monitoring_page(request: HttpRequest) -> HttpResponse:
         "charts": _monitoring_charts(tables, drift, period),
         "drift": drift,
         "queue": _queue_labels(monitoring.queue_depth()),
+        "alerts": monitoring.alerts_open(),
+        "flag_window": monitoring.flag_rate_window(finding=finding, size=settings.TRIAGE_FLAG_RATE_WINDOW),
     }
     for chart in context["charts"]:
         chart["title"] = _svg_title(chart["svg"])

@@ -1,4 +1,5 @@
-"""Django-free helpers for the validation and monitoring pages: bands, percentiles, PSI on counts, fast DeLong.
+"""Django-free helpers for the validation and monitoring pages: bands, percentiles, PSI on counts, fast DeLong,
+the flag-rate test.
 
 They complement inference/stats.py (ROC, bootstrap, Wilson, operating points, PSI on samples) and take plain values.
 """
@@ -9,6 +10,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import binom
 
 from inference.stats import Interval, z_value
 
@@ -84,3 +86,31 @@ def auc_delong(
     var = (v10.var(ddof=1) / pos.size if pos.size > 1 else 0.0) + (v01.var(ddof=1) / neg.size if neg.size > 1 else 0.0)
     half = z_value(confidence) * math.sqrt(max(var, 0.0))
     return Interval(estimate, max(0.0, estimate - half), min(1.0, estimate + half), confidence)
+
+
+def rebin(shares: Sequence[float], edges: Sequence[float], new_edges: Sequence[float]) -> list[float]:
+    """A histogram moved onto other bins, each old bin's share spread evenly over its width."""
+    if list(edges) == list(new_edges):
+        return [float(s) for s in shares]
+    out = [0.0] * (len(new_edges) - 1)
+    for share, lo, hi in zip(shares, edges[:-1], edges[1:], strict=True):
+        for j in range(len(out)):
+            overlap = min(hi, new_edges[j + 1]) - max(lo, new_edges[j])
+            if overlap > 0 and hi > lo:
+                out[j] += float(share) * overlap / (hi - lo)
+    return out
+
+
+def flag_rate_test(*, flagged: int, window: int, low: float, high: float, alpha: float) -> tuple[str | None, float]:
+    """One-sided binomial tests of ``flagged`` of ``window`` against a band of plausible rates.
+
+    ("high", P(X >= flagged | high)) when that is below ``alpha``; ("low", P(X <= flagged | low)) likewise; else
+    (None, the smaller of the two p-values).
+    """
+    p_high = float(binom.sf(flagged - 1, window, high))
+    p_low = float(binom.cdf(flagged, window, low))
+    if p_high < alpha:
+        return "high", p_high
+    if p_low < alpha:
+        return "low", p_low
+    return None, min(p_high, p_low)

@@ -9,17 +9,19 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from enum import StrEnum
 
 import numpy as np
 from django.db.models import Count, Min
 from django.utils import timezone
 
-from inference import stats
-from triage.governance import metrics
+from inference import modelcard, stats
+from triage.governance import cards, metrics
 from triage.governance.validation import baseline_scores
 from triage.models import (
     ACTIVE_JOB_STATES,
     JobState,
+    ModelAlert,
     OutboxMessage,
     OutboxState,
     Study,
@@ -36,6 +38,8 @@ BASELINE_WEEKS = 4
 # studies that is near 0.5, so a period is judged only from 100 studies up (about 0.1 of noise).
 MIN_PSI_CASES = 100
 SCORE_EDGES = [i / 10 for i in range(11)]
+# Fewer results than this cannot show an implausible flag rate at any usual significance.
+MIN_FLAG_RATE_WINDOW = 10
 
 
 @dataclass
@@ -113,16 +117,44 @@ def volume_table(*, finding: str, period: str, now: datetime | None = None) -> T
 # --- score distribution and drift --------------------------------------------------------------------------------
 
 
+class BaselineKind(StrEnum):
+    VALIDATION = "validation"
+    CARD = "card"
+    PRODUCTION = "production"
+
+
 @dataclass
 class Baseline:
-    scores: list[float]
+    kind: BaselineKind
     description: str
+    shares: list[float]  # share of studies per SCORE_EDGES bin
+    scores: list[float] | None = None  # the studies themselves, for a local baseline
+
+
+def _local_baseline(kind: BaselineKind, scores: list[float], description: str) -> Baseline:
+    counts = metrics.histogram(scores, SCORE_EDGES)
+    return Baseline(kind, description, [c / len(scores) for c in counts], scores)
 
 
 def drift_baseline(*, finding: str, model_version: str) -> Baseline | None:
+    """The local validation set when large enough, else the model card's reference (from the first study), else
+    the version's first weeks in production (only for a version without a card)."""
     validation = baseline_scores(finding=finding, model_version=model_version)
     if len(validation) >= MIN_BASELINE:
-        return Baseline(validation, f"validation set of {model_version} ({len(validation)} studies)")
+        description = f"validation set of {model_version} ({len(validation)} studies)"
+        return _local_baseline(BaselineKind.VALIDATION, validation, description)
+    reference = cards.reference_for(finding=finding, model_version=model_version)
+    if reference is not None:
+        description = (
+            f"model card of {model_version}: its validation scores mixed at {reference.prevalence:.0%} prevalence "
+            f"(until {MIN_BASELINE} studies of this version have local ground truth; {len(validation)} have)"
+        )
+        shares = metrics.rebin(reference.expected, reference.bin_edges, SCORE_EDGES)
+        return Baseline(BaselineKind.CARD, description, shares)
+    return _production_baseline(finding=finding, model_version=model_version)
+
+
+def _production_baseline(*, finding: str, model_version: str) -> Baseline | None:
     results = TriageResult.objects.filter(finding=finding, model_version=model_version)
     first = results.aggregate(first=Min("created_at"))["first"]
     if first is None:
@@ -130,7 +162,15 @@ def drift_baseline(*, finding: str, model_version: str) -> Baseline | None:
     early = list(results.filter(created_at__lt=first + timedelta(weeks=BASELINE_WEEKS)).values_list("score", flat=True))
     if len(early) < MIN_BASELINE:
         return None
-    return Baseline(early, f"first {BASELINE_WEEKS} weeks of {model_version} in production ({len(early)} studies)")
+    description = f"first {BASELINE_WEEKS} weeks of {model_version} in production ({len(early)} studies)"
+    return _local_baseline(BaselineKind.PRODUCTION, early, description)
+
+
+def _psi(baseline: Baseline, scores: list[float]) -> float:
+    """Local baselines on the baseline's quantile bins; a card's reference (a histogram) on the score bins."""
+    if baseline.scores is not None:
+        return stats.psi(np.asarray(baseline.scores), np.asarray(scores))
+    return metrics.psi_from_counts(baseline.shares, metrics.histogram(scores, SCORE_EDGES))
 
 
 @dataclass
@@ -139,7 +179,7 @@ class Drift:
     baseline: Baseline | None
     table: Table  # period, n, psi, alert
     histogram: list[int]  # scores of the whole window on SCORE_EDGES
-    baseline_histogram: list[int] | None
+    baseline_histogram: list[float] | None  # the baseline's share of studies per bin
 
     @property
     def alerts(self) -> list[str]:
@@ -147,7 +187,7 @@ class Drift:
 
 
 def drift_report(*, finding: str, period: str, model_version: str | None = None, now: datetime | None = None) -> Drift:
-    model_version = model_version or latest_model_version(finding=finding)
+    model_version = model_version or latest_model_version(finding=finding) or cards.configured_version(finding=finding)
     since = window_start(period, now)
     pairs = list(
         TriageResult.objects.filter(
@@ -159,17 +199,61 @@ def drift_report(*, finding: str, period: str, model_version: str | None = None,
     table = Table(["period", "studies", "psi", "alert"])
     for start in bucket_starts(period, now):
         scores = by_bucket.get(start, [])
-        psi = None
-        if baseline is not None and len(scores) >= MIN_PSI_CASES:
-            psi = stats.psi(np.asarray(baseline.scores), np.asarray(scores))
+        psi = _psi(baseline, scores) if baseline is not None and len(scores) >= MIN_PSI_CASES else None
         table.rows.append([bucket_label(start), len(scores), psi, psi is not None and psi > metrics.PSI_ALERT])
     return Drift(
         model_version=model_version,
         baseline=baseline,
         table=table,
         histogram=metrics.histogram([s for _, s in pairs], SCORE_EDGES),
-        baseline_histogram=metrics.histogram(baseline.scores, SCORE_EDGES) if baseline else None,
+        baseline_histogram=baseline.shares if baseline else None,
     )
+
+
+# --- flag rate against the model card ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlagRateWindow:
+    """The last ``window`` current results of a finding's latest model version, and the band its card expects."""
+
+    finding: str
+    model_version: str
+    flagged: int
+    window: int
+    expected_low: float
+    expected_high: float
+
+
+def flag_rate_window(*, finding: str, size: int) -> FlagRateWindow | None:
+    """Up to ``size`` results; None below MIN_FLAG_RATE_WINDOW of them (or without a card to judge them by).
+
+    Each result is judged at the threshold it was flagged under (sources may override it), so the band is the mean
+    of the card's band at each result's threshold.
+    """
+    version = latest_model_version(finding=finding)
+    card = cards.card_for_version(finding=finding, model_version=version) if version else None
+    if version is None or card is None:
+        return None
+    rows = list(
+        TriageResult.objects.filter(finding=finding, model_version=version, is_current=True)
+        .order_by("-created_at", "-id")
+        .values_list("positive", "threshold")[:size]
+    )
+    if len(rows) < MIN_FLAG_RATE_WINDOW:
+        return None
+    try:
+        bands = {t: modelcard.flag_rate_band(card, t) for t in {t for _, t in rows}}
+    except ValueError:
+        return None
+    low = sum(bands[t][0] for _, t in rows) / len(rows)
+    high = sum(bands[t][1] for _, t in rows) / len(rows)
+    return FlagRateWindow(finding, version, sum(positive for positive, _ in rows), len(rows), low, high)
+
+
+def alerts_open(*, finding: str | None = None) -> list[ModelAlert]:
+    alerts = ModelAlert.objects.filter(cleared_at__isnull=True)
+    return list(alerts.filter(finding=finding) if finding else alerts)
 
 
 # --- agreement with radiologists ---------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from inference import stats
 from triage.core.audit import audit_record
-from triage.governance import metrics
+from triage.governance import cards, metrics
 from triage.models import (
     Finding,
     GroundTruth,
@@ -437,6 +437,7 @@ class ThresholdPick:
     alerts_per_day_measured: float
     alerts_per_day_expected: float | None
     false_alerts_per_day_expected: float | None
+    card_alerts: cards.CardAlerts | None = None
 
 
 def threshold_pick(
@@ -450,10 +451,12 @@ def threshold_pick(
     """What a candidate threshold would do here: validated sensitivity and specificity, and alerts per day.
 
     Measured alerts count recent studies whose score reaches the candidate. Expected alerts and false alerts
-    combine the validated rates with the site's volume and a prevalence (by default the validation set's).
+    combine the validated rates with the site's volume and a prevalence (by default the validation set's); the
+    model card's figures, with the site's volume, warn of an alert storm before any local case is labelled.
     """
     cases = validation_cases(finding=finding, model_version=model_version)
     volume = site_volume(finding=finding, now=now)
+    requested_prevalence = prevalence
     measured = sum(score >= threshold for score in volume.scores) / volume.days if volume.days else 0.0
     point, expected, false_alerts, ppv, npv = None, None, None, None, None
     if cases:
@@ -476,6 +479,13 @@ def threshold_pick(
         alerts_per_day_measured=measured,
         alerts_per_day_expected=expected,
         false_alerts_per_day_expected=false_alerts,
+        card_alerts=cards.card_alerts(
+            finding=finding,
+            model_version=model_version,
+            threshold=threshold,
+            studies_per_day=volume.per_day,
+            prevalence=requested_prevalence,
+        ),
     )
 
 

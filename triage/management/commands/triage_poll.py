@@ -1,4 +1,5 @@
-"""``manage.py triage_poll``: poll every enabled source, sweep expired job leases, and beat the heartbeat."""
+"""``manage.py triage_poll``: poll every enabled source, sweep expired job leases, check the models' flag rates, and
+beat the heartbeat."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from django.db import close_old_connections
 
 from triage.core.services import worker_heartbeat
 from triage.core.workers import this_worker_id
+from triage.governance.services import model_alerts_check
 from triage.ingest.jobs import jobs_sweep
 from triage.ingest.poll import sources_poll
 from triage.ingest.services import source_ensure_from_env
@@ -53,6 +55,7 @@ class Command(BaseCommand):
                     if report.queued:
                         logger.info("source %s: %d new study(ies) queued", name, len(report.queued))
             jobs_sweep()
+            model_alerts_check()
         except Exception as err:  # noqa: BLE001 - the loop boundary: log the type (never payloads) and try again next cycle
             logger.error("poll cycle failed with %s", type(err).__name__)
 
