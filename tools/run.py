@@ -13,6 +13,8 @@ loopback port for the channel layer, so that events from every worker reach ever
 from __future__ import annotations
 
 import os
+import pwd
+import secrets
 import shlex
 import shutil
 import signal
@@ -117,22 +119,29 @@ def event_path(env: dict[str, str]) -> tuple[dict[str, str], int | None]:
 
 
 def supervisord_config(programs: list[Program], run_dir: Path) -> str:
+    # The control socket is private to this user and password-protected; the file holding it is too (mode 0600).
+    password = secrets.token_hex(16)
     lines = [
         "[supervisord]",
         "nodaemon=true",
         f"logfile={run_dir / 'supervisord.log'}",
         f"pidfile={run_dir / 'supervisord.pid'}",
         "loglevel=warn",
+        *([f"user={pwd.getpwuid(os.geteuid()).pw_name}"] if os.geteuid() == 0 else []),
         "",
         "[unix_http_server]",
         f"file={run_dir / 'supervisor.sock'}",
         "chmod=0700",
+        "username=run",
+        f"password={password}",
         "",
         "[rpcinterface:supervisor]",
         "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
         "",
         "[supervisorctl]",
         f"serverurl=unix://{run_dir / 'supervisor.sock'}",
+        "username=run",
+        f"password={password}",
         "",
     ]
     for program in programs:
@@ -158,13 +167,19 @@ def _program_section(program: Program) -> list[str]:
         "stopasgroup=true",
         "killasgroup=true",
         "redirect_stderr=true",
-        "stdout_logfile=/dev/stdout",
-        "stdout_logfile_maxbytes=0",
+        *_log_lines(program),
     ]
     if program.environment:
         pairs = ",".join(f'{key}="{value}"' for key, value in program.environment)
         section.append(f"environment={pairs}")
     return [*section, ""]
+
+
+def _log_lines(program: Program) -> list[str]:
+    """The app's processes log to the terminal; the private redis-server's start-up banner goes to its own file."""
+    if program.name == "events":
+        return ["stdout_logfile=%(here)s/redis.log", "stdout_logfile_maxbytes=10MB", "stdout_logfile_backups=1"]
+    return ["stdout_logfile=/dev/stdout", "stdout_logfile_maxbytes=0"]
 
 
 def prepare(env: dict[str, str]) -> None:
@@ -177,6 +192,8 @@ def supervise(programs: list[Program], env: dict[str, str], run_dir: Path) -> in
     """Run supervisord in the foreground until Ctrl-C or SIGTERM; it stops every process it started."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config = run_dir / "supervisord.conf"
+    config.touch(mode=0o600)
+    config.chmod(0o600)
     config.write_text(supervisord_config(programs, run_dir))
     proc = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", str(config)], cwd=ROOT, env=env)
 
