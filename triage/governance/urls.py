@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from triage.governance import console
+from triage.governance import console, turnaround_views
 
 urlpatterns = [
     path("", console.console_index, name="console"),
@@ -14,4 +14,6 @@ urlpatterns = [
     path("ground-truth/", console.ground_truth_import, name="console-ground-truth"),
     path("monitoring/", console.monitoring_page, name="console-monitoring"),
     path("monitoring/<str:table>.csv", console.monitoring_csv, name="console-monitoring-csv"),
+    path("turnaround/", turnaround_views.turnaround_page, name="console-turnaround"),
+    path("turnaround/<str:table>.csv", turnaround_views.turnaround_csv, name="console-turnaround-csv"),
 ]
