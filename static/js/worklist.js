@@ -86,9 +86,14 @@
     const name = LABELS[f.finding] || f.finding.toUpperCase();
     const score = f.score.toFixed(2);
     const threshold = f.threshold.toFixed(2);
-    return f.positive
+    const text = f.positive
       ? `Suspected ${name} — AI advisory, score ${score} ≥ ${threshold}`
       : `${name} not flagged — AI advisory, score ${score} < ${threshold}`;
+    return f.in_validated_range === false ? `${text} · outside the validated range (does not raise priority)` : text;
+  }
+
+  function findingClass(base, f) {
+    return `${base} ${f.positive ? "pos" : "neg"}${f.in_validated_range === false ? " unvalidated" : ""}`;
   }
 
   function starving(item) {
@@ -339,7 +344,7 @@
   function renderRow(item) {
     const findings = item.findings.length
       ? item.findings.map((f) =>
-          el("div", { class: f.positive ? "finding pos" : "finding neg", text: findingText(f) })
+          el("div", { class: findingClass("finding", f), text: findingText(f) })
         )
       : [el("span", { class: "muted", text: "No AI result yet" })];
     const badges = [];
@@ -451,8 +456,13 @@
     const findings = item.findings.map((f) =>
       el(
         "div",
-        { class: f.positive ? "dfinding pos" : "dfinding neg" },
+        { class: findingClass("dfinding", f) },
         el("div", { class: "ftext", text: findingText(f) }),
+        f.in_validated_range === false &&
+          el("div", {
+            class: "muted small unvalidated-reasons",
+            text: `Outside the model's validated range: ${(f.input_check_reasons || []).join("; ")}`,
+          }),
         el("div", { class: "muted small", text: `${f.model} ${f.model_version} · ${NAMES[f.finding] || f.finding}` }),
         f.key_image_url &&
           el(
