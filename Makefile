@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := orthanc orthanc-dicomweb redis-server chromium postgresql
 
-.PHONY: demo test run bench lint format system-deps fhir-server venv clean
+.PHONY: demo test run bench chaos lint format system-deps fhir-server venv clean
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || python3 -m venv $(VENV)
@@ -40,6 +40,9 @@ run: $(STAMP)
 
 bench: system-deps $(STAMP)
 	TRIAGE_DEBUG=1 $(PY) -m tools.bench
+
+chaos: system-deps $(STAMP)
+	TRIAGE_DEBUG=1 $(PY) -m tools.chaos
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
