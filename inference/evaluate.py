@@ -39,15 +39,37 @@ logger = logging.getLogger(__name__)
 
 
 class HeldOut(Dataset):
-    """Held-out phantoms as (volume, spacing, truth); generated in worker processes."""
+    """Held-out phantoms as (volume, spacing, truth); generated in worker processes.
 
-    def __init__(self, finding: str, seed: int, count: int, family: str) -> None:
-        self.finding, self.seed, self.count, self.family = finding, seed, count, family
+    With ``cache``, each phantom is kept there (HU rounded to int16, which the stored DICOM would do too) and read
+    back on the next run, so phantoms can be generated before the weights to score them are ready."""
+
+    def __init__(self, finding: str, seed: int, count: int, family: str, cache: Path | None = None) -> None:
+        self.finding, self.seed, self.count, self.family, self.cache = finding, seed, count, family, cache
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.cache is None:
+            return self._generate(index)
+        path = self.cache / f"{self.finding}-{self.family}-seed{self.seed}-{index}.npz"
+        if not path.is_file():
+            item = self._generate(index)
+            self.cache.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".tmp.npz")
+            hu = np.clip(np.rint(item["volume"]), -1024, 3071).astype(np.int16)
+            np.savez(partial, hu=hu, spacing=np.asarray(item["spacing"]), truth=json.dumps(item["truth"]))
+            partial.replace(path)
+        with np.load(path) as data:
+            spacing = tuple(float(v) for v in data["spacing"])
+            return {
+                "volume": data["hu"].astype(np.float32),
+                "spacing": spacing,
+                "truth": json.loads(str(data["truth"])),
+            }
+
+    def _generate(self, index: int) -> dict[str, Any]:
         positive, subtype = phantom_plan(self.finding, index)
         # Negatives are left to the generator, which builds a share of them around a mimic (hard negatives).
         p = generate(
@@ -222,6 +244,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="default: bench/results/eval_<finding>[_<family>].json")
+    p.add_argument("--cache", type=Path, default=None, help="keep the generated held-out phantoms here")
+    p.add_argument(
+        "--generate-only", action="store_true", help="fill --cache with the phantoms and stop (no weights needed)"
+    )
     p.add_argument(
         "--update-card",
         action="store_true",
@@ -251,9 +277,11 @@ def compare_table(finding: str, model: str, results: dict[str, dict[str, Any]]) 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    seeds = args.seed * len(args.family) if len(args.seed) == 1 else args.seed
+    if args.generate_only:
+        return _generate_only(args, seeds)
     weights = args.weights or shipped_weights(args.finding)
     card = read_card(weights)
-    seeds = args.seed * len(args.family) if len(args.seed) == 1 else args.seed
     if card.get("training", {}).get("seed") in seeds:
         print(f"--seed {card['training']['seed']} was used to train these weights; choose another", file=sys.stderr)
         return 2
@@ -275,9 +303,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _generate_only(args: argparse.Namespace, seeds: list[int]) -> int:
+    if args.cache is None:
+        print("--generate-only needs --cache", file=sys.stderr)
+        return 2
+    for family, seed in zip(args.family, seeds, strict=True):
+        held_out = HeldOut(args.finding, seed, args.count, family, args.cache)
+        loader = DataLoader(
+            held_out, batch_size=None, num_workers=args.workers, worker_init_fn=_worker_init, collate_fn=_collate_one
+        )
+        for _ in tqdm(loader, total=len(held_out), desc=f"generate {family}", unit="phantom"):
+            pass
+    return 0
+
+
 def _evaluate_family(args: argparse.Namespace, runner: ModelRunner, family: str, seed: int) -> dict[str, Any]:
     started = time.time()
-    rows = score_phantoms(runner, HeldOut(args.finding, seed, args.count, family), args.workers)
+    held_out = HeldOut(args.finding, seed, args.count, family, args.cache)
+    rows = score_phantoms(runner, held_out, args.workers)
     result = summarise(rows, runner.threshold, seed=seed, family=family)
     result.update({"finding": args.finding, "model": runner.model_name, "model_version": runner.model_version})
     result["wall_seconds"] = round(time.time() - started, 1)
