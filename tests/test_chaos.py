@@ -10,7 +10,7 @@ from tools.chaos import ChaosConfig, print_table, run_chaos
 pytestmark = [pytest.mark.slow]
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 def test_studies_and_reports_survive_kills_a_database_restart_and_an_emr_outage(tmp_path):
     config = ChaosConfig(
         studies=20,
@@ -18,7 +18,7 @@ def test_studies_and_reports_survive_kills_a_database_restart_and_an_emr_outage(
         seed=7,
         duration_s=75,
         outages=("postgres", "emr_down"),
-        settle_timeout_s=150,
+        settle_timeout_s=300,
         json_path=tmp_path / "chaos.json",
     )
     summary = run_chaos(config, workdir=tmp_path / "chaos")

@@ -21,13 +21,13 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import requests
 
 from tools import chaos_checks as checks
+from tools.chaos_app import READER, USERS_SCRIPT, App, hook_token, wait_for
 from tools.chaos_client import Pacs, WorklistClient, session_login, worklist_snapshot
 from tools.faultproxy import FaultProxy
 from tools.fhirserver import FhirServer
@@ -38,10 +38,7 @@ from tools.redis import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = ROOT / "bench" / "results" / "chaos.json"
-SUPERVISORCTL = Path(sys.executable).parent / "supervisorctl"
 ORTHANC_REUSE_WAIT_S = 4.5  # Orthanc needs about 4 s after it stops before the same storage can be reused
-READER = "chaos-reader"
-HOOK = "chaos-pacs"
 
 # Each outage: how long it lasts (seconds) and what it does at its start and at its end.
 OUTAGES: dict[str, float] = {
@@ -102,109 +99,6 @@ class Services:
     fhir: FhirServer
     pacs_proxy: FaultProxy
     emr_proxy: FaultProxy
-
-
-@dataclass
-class App:
-    """``python -m tools.run`` in its own session; SIGTERM stops supervisord and every program it started."""
-
-    env: dict[str, str]
-    log_path: Path
-    process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.env['TRIAGE_HTTP_PORT']}"
-
-    @property
-    def supervisor_conf(self) -> Path:
-        return ROOT / ".run" / f"run-{self.env['TRIAGE_HTTP_PORT']}" / "supervisord.conf"
-
-    def start(self, timeout: float) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "tools.run"],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for(lambda: self.answers("/readyz"), timeout=timeout, what="the app's /readyz", fail=self.exited)
-
-    def exited(self) -> str | None:
-        if self.process is not None and self.process.poll() is not None:
-            return f"tools.run exited with {self.process.returncode}"
-        return None
-
-    def answers(self, path: str) -> bool:
-        try:
-            return requests.get(f"{self.url}{path}", timeout=5).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def manage(self, *args: str, extra_env: dict[str, str] | None = None) -> str:
-        done = subprocess.run(
-            [sys.executable, str(ROOT / "manage.py"), *args],
-            cwd=ROOT,
-            env={**self.env, **(extra_env or {})},
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-        )
-        return done.stdout
-
-    def supervisorctl(self, *args: str) -> str:
-        done = subprocess.run(
-            [str(SUPERVISORCTL), "-c", str(self.supervisor_conf), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        return done.stdout
-
-    def programs(self) -> dict[str, str]:
-        """Each supervised process and its state (RUNNING, STARTING, BACKOFF …)."""
-        states = {}
-        for line in self.supervisorctl("status").splitlines():
-            parts = line.split()
-            if len(parts) >= 2:
-                states[parts[0]] = parts[1]
-        return states
-
-    def pid(self, name: str) -> int | None:
-        out = self.supervisorctl("pid", name).strip()
-        return int(out) if out.isdigit() and int(out) > 0 else None
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)  # its own session: only what this run started
-                self.process.wait(timeout=10)
-        self.process = None
-        shutil.rmtree(self.supervisor_conf.parent, ignore_errors=True)
-
-
-def wait_for(
-    check: Callable[[], bool], *, timeout: float, what: str, fail: Callable[[], str | None] = lambda: None
-) -> float:
-    """Poll ``check`` once a second until true; returns the seconds waited, raises TimeoutError after ``timeout``."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        reason = fail()
-        if reason:
-            raise RuntimeError(f"{what}: {reason}")
-        time.sleep(1.0)
-    raise TimeoutError(f"{what} not reached after {timeout:.0f} s")
 
 
 @dataclass
@@ -274,7 +168,7 @@ class Run:
         app.start(timeout=600)
         password = secrets.token_urlsafe(16)
         app.manage("shell", "-v", "0", "-c", USERS_SCRIPT, extra_env={"CHAOS_PASSWORD": password})
-        token = app.manage("triage_token_create", "--user", HOOK).strip().splitlines()[-1]
+        token = hook_token(app)
         orthanc = services.orthanc
         self.pacs = Pacs(lambda: orthanc.url, f"{app.url}/api/v1/studies/notify/", token)
         self.client = WorklistClient(app.url, session_login(app.url, READER, password)).start()
@@ -501,20 +395,6 @@ class Run:
             return {}
         pick = lambda q: round(waits[min(len(waits) - 1, int(q * len(waits)))], 1)  # noqa: E731
         return {"p50": pick(0.5), "p95": pick(0.95), "max": round(waits[-1], 1), "n": len(waits)}
-
-
-USERS_SCRIPT = f"""
-import os
-from triage.models import User
-reader, _ = User.objects.get_or_create(username="{READER}")
-reader.role = "radiologist"
-reader.set_password(os.environ["CHAOS_PASSWORD"])
-reader.save()
-hook, _ = User.objects.get_or_create(username="{HOOK}")
-hook.role = "radiologist"
-hook.set_unusable_password()
-hook.save()
-"""
 
 
 def traceback_summary(log_path: Path) -> dict[str, int]:
