@@ -3,9 +3,9 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := orthanc orthanc-dicomweb redis-server chromium postgresql
+APT_PACKAGES := orthanc orthanc-dicomweb redis-server chromium postgresql nginx
 
-.PHONY: demo test run bench chaos lint format system-deps fhir-server venv clean
+.PHONY: demo test run bench chaos lint format system-deps fhir-server venv clean scale
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || python3 -m venv $(VENV)
@@ -43,6 +43,9 @@ bench: system-deps $(STAMP)
 
 chaos: system-deps $(STAMP)
 	TRIAGE_DEBUG=1 $(PY) -m tools.chaos
+
+scale: system-deps $(STAMP)
+	TRIAGE_DEBUG=1 $(PY) -m tools.scale
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

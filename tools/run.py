@@ -4,16 +4,23 @@ The processes run under supervisord (the ``supervisor`` package): each one is re
 with supervisord's growing back-off while it keeps failing at start, so a crashed worker never takes the web server
 down with it. Ctrl-C (or SIGTERM) stops them all.
 
-Processes: daphne (HTTP + WebSockets) on 127.0.0.1:$TRIAGE_HTTP_PORT; django-tasks database workers per queue
-(``ingest`` and ``outbox``, counts from ``TRIAGE_WORKERS_INGEST`` / ``TRIAGE_WORKERS_OUTBOX``); the PACS poller, the
-FHIR outbox loop and the escalation loop; and, when ``REDIS_URL`` is not set, a private ``redis-server`` on a
-loopback port for the channel layer, so that events from every worker reach every browser.
+Processes, by role (``TRIAGE_ROLES``, default all; docs/deployment.md says what each role needs):
+
+- ``web``: daphne (HTTP + WebSockets) on 127.0.0.1:$TRIAGE_HTTP_PORT; with ``TRIAGE_WEB_PROCESSES`` = N > 1, N
+  daphne processes on internal loopback ports behind an nginx on $TRIAGE_HTTP_PORT (config from deploy/nginx/);
+- ``ingest``: django-tasks database workers on the ``ingest`` queue (``TRIAGE_WORKERS_INGEST``);
+- ``outbox``: database workers on ``outbox,default`` (``TRIAGE_WORKERS_OUTBOX``) and the FHIR outbox loop;
+- ``loops``: the PACS poller (with the job sweeper) and the escalation loop;
+
+and, when ``REDIS_URL`` is not set (all roles on one host only), a private ``redis-server`` on a loopback port for
+the channel layer, so that events from every worker reach every browser.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import re
 import secrets
 import shlex
 import shutil
@@ -30,7 +37,12 @@ COMMANDS_DIR = ROOT / "triage" / "management" / "commands"
 WORKLIST_COMMANDS_DIR = ROOT / "worklist" / "management" / "commands"
 DAPHNE_APP = "triage.asgi:application"
 RUN_DIR = ROOT / ".run"
-LOOPS = ("triage_poll", "triage_outbox", "triage_escalate")
+NGINX_DIR = ROOT / "deploy" / "nginx"
+STATIC_ROOT = ROOT / "staticfiles"
+ROLES = ("web", "ingest", "outbox", "loops")
+# Each loop runs with the role whose credentials it needs: the outbox loop talks to the EMR, the poller to the PACS.
+LOOPS = (("triage_poll", "loops"), ("triage_outbox", "outbox"), ("triage_escalate", "loops"))
+PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 
 
 class RunRefused(Exception):
@@ -43,6 +55,18 @@ class Program:
     command: list[str]
     processes: int = 1
     environment: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Which roles this host runs, and how many web processes."""
+
+    roles: frozenset[str]
+    web_processes: int
+
+    @property
+    def everything(self) -> bool:
+        return self.roles == frozenset(ROLES)
 
 
 def _manage(*args: str) -> list[str]:
@@ -64,6 +88,26 @@ def _count(env: dict[str, str], name: str, default: int) -> int:
     return value
 
 
+def roles_from(env: dict[str, str]) -> frozenset[str]:
+    """TRIAGE_ROLES: ``all`` (the default) or a comma-separated subset of web, ingest, outbox, loops."""
+    raw = env.get("TRIAGE_ROLES", "").strip() or "all"
+    names = {name.strip().lower() for name in raw.split(",") if name.strip()}
+    if names == {"all"}:
+        return frozenset(ROLES)
+    unknown = sorted(names - set(ROLES))
+    if unknown:
+        raise RunRefused(f"TRIAGE_ROLES={raw!r}: unknown role {unknown[0]!r} (use all, or some of {', '.join(ROLES)})")
+    return frozenset(names)
+
+
+def topology(env: dict[str, str]) -> Topology:
+    roles = roles_from(env)
+    web = _count(env, "TRIAGE_WEB_PROCESSES", 1)
+    if web == 0 and "web" in roles:
+        raise RunRefused("TRIAGE_WEB_PROCESSES is 0: leave web out of TRIAGE_ROLES instead")
+    return Topology(roles=roles, web_processes=web)
+
+
 def torch_threads(env: dict[str, str], ingest_workers: int) -> str:
     """The cores shared among the inference workers, unless the operator set TRIAGE_TORCH_THREADS."""
     if env.get("TRIAGE_TORCH_THREADS"):
@@ -71,29 +115,122 @@ def torch_threads(env: dict[str, str], ingest_workers: int) -> str:
     return str(max(1, (os.cpu_count() or 1) // max(1, ingest_workers)))
 
 
-def process_table(port: int, env: dict[str, str], *, redis_port: int | None = None) -> list[Program]:
-    """What ``make run`` supervises, with process counts from the environment."""
-    ingest = _count(env, "TRIAGE_WORKERS_INGEST", 2)
-    outbox = _count(env, "TRIAGE_WORKERS_OUTBOX", 1)
-    if ingest == 0:
-        raise RunRefused("TRIAGE_WORKERS_INGEST is 0: no process would triage a study")
-    worker = ["db_worker", "--interval", "0.2", "--no-reload", "--no-startup-delay"]
-    table = [
-        # Verbosity 0: no access log, since request paths carry StudyInstanceUIDs.
-        Program("web", [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port), DAPHNE_APP]),
-        Program(
-            "ingest",
-            _manage(*worker, "--queue-name", "ingest"),
-            ingest,
-            (("TRIAGE_TORCH_THREADS", torch_threads(env, ingest)),),
-        ),
+def process_table(
+    port: int, env: dict[str, str], *, redis_port: int | None = None, run_dir: Path | None = None
+) -> list[Program]:
+    """What ``make run`` supervises on this host, with roles and process counts from the environment.
+
+    With several web processes the nginx config is written into ``run_dir`` (default: ``run_dir_for(port)``).
+    """
+    topo = topology(env)
+    table: list[Program] = []
+    if "web" in topo.roles:
+        table += web_programs(port, topo.web_processes, run_dir or run_dir_for(port))
+    if "ingest" in topo.roles:
+        table.append(_ingest_program(env))
+    if "outbox" in topo.roles:
         # Reports are built and sent by their own workers: they never wait behind another study's inference.
-        Program("outbox-worker", _manage(*worker, "--queue-name", "outbox,default"), outbox),
+        outbox = _count(env, "TRIAGE_WORKERS_OUTBOX", 1)
+        table.append(Program("outbox-worker", _manage(*_worker_args(), "--queue-name", "outbox,default"), outbox))
+    table += [
+        Program(name.removeprefix("triage_"), _manage(name))
+        for name, role in LOOPS
+        if role in topo.roles and _has_command(name)
     ]
-    table += [Program(name.removeprefix("triage_"), _manage(name)) for name in LOOPS if _has_command(name)]
     if redis_port is not None:
         table.insert(0, Program("events", redis_command(redis_port)))
-    return table
+    return [program for program in table if program.processes > 0]
+
+
+def _worker_args() -> list[str]:
+    return ["db_worker", "--interval", "0.2", "--no-reload", "--no-startup-delay"]
+
+
+def _ingest_program(env: dict[str, str]) -> Program:
+    ingest = _count(env, "TRIAGE_WORKERS_INGEST", 2)
+    if ingest == 0:
+        raise RunRefused("TRIAGE_WORKERS_INGEST is 0: no process would triage a study")
+    return Program(
+        "ingest",
+        _manage(*_worker_args(), "--queue-name", "ingest"),
+        ingest,
+        (("TRIAGE_TORCH_THREADS", torch_threads(env, ingest)),),
+    )
+
+
+def daphne_command(port: int, *, behind_proxy: bool = False) -> list[str]:
+    # Verbosity 0: no access log, since request paths carry StudyInstanceUIDs.
+    command = [sys.executable, "-m", "daphne", "-v", "0", "-b", "127.0.0.1", "-p", str(port)]
+    # Behind nginx the client's address comes from X-Forwarded-For, which nginx overwrites (never appends to), so
+    # login lockouts and throttles count per client rather than per proxy.
+    return [*command, *(["--proxy-headers"] if behind_proxy else []), DAPHNE_APP]
+
+
+def web_programs(port: int, processes: int, run_dir: Path) -> list[Program]:
+    """One daphne on ``port``; or N daphnes on free loopback ports behind an nginx on ``port``."""
+    if processes == 1:
+        return [Program("web", daphne_command(port))]
+    ports = [free_port() for _ in range(processes)]
+    config = nginx_run_config_write(run_dir / "nginx", http_port=port, web_ports=ports, static_root=STATIC_ROOT)
+    nodes = [Program(f"web-{i}", daphne_command(p, behind_proxy=True)) for i, p in enumerate(ports)]
+    return [*nodes, Program("nginx", nginx_command(config))]
+
+
+def nginx_command(config: Path) -> list[str]:
+    # -e: errors to stderr from the first line on, before the config names a log; the config itself says the same.
+    return [nginx_binary(), "-e", "stderr", "-p", str(config.parent), "-c", str(config), "-g", "daemon off;"]
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if found is None:
+        raise RunRefused("TRIAGE_WEB_PROCESSES > 1 needs nginx in front of the web processes (Debian: nginx)")
+    return found
+
+
+def nginx_render(template: str, values: dict[str, str]) -> str:
+    """Fill the ``@NAME@`` placeholders of a deploy/nginx template (comments keep theirs); each must be given."""
+    lines = []
+    for line in template.splitlines():
+        indent = line[: len(line) - len(line.lstrip())]
+        if not line.lstrip().startswith("#"):
+            for name, value in values.items():
+                # A value of several lines keeps the placeholder's indentation on each.
+                line = line.replace(f"@{name}@", value.replace("\n", "\n" + indent))
+            if left := PLACEHOLDER.findall(line):
+                raise RunRefused(f"nginx template: no value for {left[0]}")
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def upstream_servers(addresses: list[str]) -> str:
+    return "\n".join(f"server {address} max_fails=1 fail_timeout=5s;" for address in addresses)
+
+
+def nginx_locations_write(directory: Path, *, static_root: Path) -> Path:
+    """The shared server-level part (proxy headers, WebSocket upgrade, static files, upload limit)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    template = (NGINX_DIR / "triage-locations.conf").read_text()
+    path = directory / "triage-locations.conf"
+    path.write_text(nginx_render(template, {"STATIC_ROOT": str(static_root)}))
+    return path
+
+
+def nginx_run_config_write(directory: Path, *, http_port: int, web_ports: list[int], static_root: Path) -> Path:
+    """Render deploy/nginx/run.conf (a whole nginx.conf, every path inside ``directory``) for loopback."""
+    locations = nginx_locations_write(directory, static_root=static_root)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    values = {
+        "RUN_DIR": str(directory),
+        # As root, the workers run as the user that runs everything else here (supervisord does the same).
+        "USER_LINE": f"user {user};" if os.geteuid() == 0 else "",
+        "HTTP_PORT": str(http_port),
+        "UPSTREAM_SERVERS": upstream_servers([f"127.0.0.1:{p}" for p in web_ports]),
+        "LOCATIONS": str(locations),
+    }
+    config = directory / "nginx.conf"
+    config.write_text(nginx_render((NGINX_DIR / "run.conf").read_text(), values))
+    return config
 
 
 def redis_command(port: int) -> list[str]:
@@ -106,10 +243,13 @@ def redis_command(port: int) -> list[str]:
 def event_path(env: dict[str, str]) -> tuple[dict[str, str], int | None]:
     """The channel layer's Redis: the operator's REDIS_URL, else a private redis-server on a free loopback port.
 
-    Workers are other processes than the web server, so an in-process layer would never deliver their events.
+    Workers are other processes than the web server, so an in-process layer would never deliver their events. A
+    private Redis serves one host only: a host that runs some roles needs the REDIS_URL that the others use.
     """
     if env.get("REDIS_URL"):
         return env, None
+    if not topology(env).everything:
+        raise RunRefused("TRIAGE_ROLES runs part of the platform here: set REDIS_URL to the Redis every host uses")
     if shutil.which("redis-server") is None:
         raise RunRefused(
             "worklist events cannot cross processes: set REDIS_URL or install redis-server (Debian: redis-server)"
@@ -162,7 +302,8 @@ def _program_section(program: Program) -> list[str]:
         "startsecs=1",
         # Back-off between failed starts grows by a second each time; a process is never given up on.
         "startretries=1000000",
-        "stopsignal=TERM",
+        # nginx stops gracefully on QUIT (open requests finish); everything else on TERM.
+        f"stopsignal={'QUIT' if program.name == 'nginx' else 'TERM'}",
         "stopwaitsecs=15",
         "stopasgroup=true",
         "killasgroup=true",
@@ -183,9 +324,21 @@ def _log_lines(program: Program) -> list[str]:
 
 
 def prepare(env: dict[str, str]) -> None:
-    subprocess.run(_manage("migrate", "--noinput"), check=True, cwd=ROOT, env=env)
-    if _has_command("triage_seed_defaults"):
-        subprocess.run(_manage("triage_seed_defaults"), check=True, cwd=ROOT, env=env)
+    """All roles here: migrate and seed the defaults. Some roles: the schema must already be current.
+
+    Hosts that run part of the platform never migrate: two hosts migrating at once would race, and an upgrade
+    migrates first, once (docs/deployment.md).
+    """
+    topo = topology(env)
+    if topo.everything:
+        subprocess.run(_manage("migrate", "--noinput"), check=True, cwd=ROOT, env=env)
+        if _has_command("triage_seed_defaults"):
+            subprocess.run(_manage("triage_seed_defaults"), check=True, cwd=ROOT, env=env)
+    elif subprocess.run(_manage("migrate", "--check"), cwd=ROOT, env=env, capture_output=True).returncode != 0:
+        raise RunRefused("the database has unapplied migrations: run `manage.py migrate` once before the hosts start")
+    if "web" in topo.roles and topo.web_processes > 1:
+        # nginx serves /static/ from STATIC_ROOT (and falls back to the web processes for anything missing).
+        subprocess.run(_manage("collectstatic", "--noinput", "-v", "0"), check=True, cwd=ROOT, env=env)
 
 
 def supervise(programs: list[Program], env: dict[str, str], run_dir: Path) -> int:
@@ -215,11 +368,15 @@ def main() -> int:
     try:
         env, redis_port = event_path(env)
         programs = process_table(port, env, redis_port=redis_port)
+        prepare(env)
     except RunRefused as err:
         print(f"make run: {err}", file=sys.stderr)
         return 2
-    prepare(env)
-    print(f"Serving on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
+    roles = topology(env).roles
+    if "web" in roles:
+        print(f"Serving on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
+    else:
+        print(f"Running {', '.join(r for r in ROLES if r in roles)} (Ctrl-C stops everything)", flush=True)
     return supervise(programs, env, run_dir_for(port))
 
 
