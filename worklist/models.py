@@ -30,6 +30,9 @@ class WorklistItem(models.Model):
     sort_key = models.BigIntegerField(default=0, help_text="Reading order within a tier (worklist.priority)")
     critical = models.BooleanField(default=False, help_text="A current AI finding is positive")
     critical_at = models.DateTimeField(null=True, blank=True, help_text="When the item last became critical")
+    critical_findings = models.JSONField(
+        default=list, blank=True, help_text="Finding codes positive at the last sync: a code not here is a new alert"
+    )
     claimed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="claims"
     )
@@ -39,6 +42,13 @@ class WorklistItem(models.Model):
     )
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     escalated_at = models.DateTimeField(null=True, blank=True)
+    # The escalation webhook (worklist.notify): notified only on a 2xx answer; retried with backoff until then.
+    escalation_notified_at = models.DateTimeField(null=True, blank=True, help_text="When the webhook answered 2xx")
+    escalation_attempts = models.PositiveSmallIntegerField(default=0, help_text="Webhook posts tried")
+    escalation_next_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the webhook is tried next; null: nothing to send, or given up"
+    )
+    escalation_error = models.CharField(max_length=200, blank=True, help_text="Why the last webhook post failed")
     reported_at = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -59,6 +69,11 @@ class WorklistItem(models.Model):
                 name="worklist_unacknowledged",
                 condition=Q(critical=True, acknowledged_at__isnull=True, escalated_at__isnull=True),
             ),
+            models.Index(
+                fields=["escalation_next_at"],
+                name="worklist_escalation_due",
+                condition=Q(escalation_next_at__isnull=False),
+            ),
         ]
         constraints = [
             models.CheckConstraint(
@@ -73,6 +88,16 @@ class WorklistItem(models.Model):
 
     def __str__(self) -> str:
         return f"item {self.pk} {self.status}"
+
+    @property
+    def escalation_unnotified(self) -> bool:
+        """Escalated, but the webhook never answered 2xx and is no longer retried: someone must be told otherwise."""
+        return (
+            self.escalated_at is not None
+            and self.escalation_notified_at is None
+            and self.escalation_next_at is None
+            and self.escalation_attempts > 0
+        )
 
 
 class Feedback(models.Model):

@@ -1,12 +1,14 @@
 """The escalation hook: a JSON POST an admin can point at a pager or chat webhook (TRIAGE_ESCALATION_WEBHOOK_URL).
 
 The body names the worklist item, the advisory findings and a link, never the patient: whoever follows the link
-logs in to see the study.
+logs in to see the study. Only a 2xx answer counts as delivered; the escalation loop retries anything else
+(``worklist.services.worklist_escalations_notify``).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import requests
 from django.conf import settings
@@ -47,15 +49,34 @@ def escalation_body(*, item: WorklistItem, findings: list[TriageResult]) -> dict
     }
 
 
-def escalation_post(body: dict) -> bool:
-    """POST after commit with a timeout; a failure is logged (the flag and event already reached the worklist)."""
+@dataclass(frozen=True)
+class WebhookOutcome:
+    """One POST: delivered (a 2xx answer) or why not, in words that hold no patient data."""
+
+    delivered: bool
+    error: str = ""
+
+
+def webhook_post(body: dict) -> WebhookOutcome:
+    """POST once with a timeout; never raises for what the network or the receiver does. Redirects are not
+    followed: a redirected POST would arrive as a GET without its body."""
     url = settings.TRIAGE_ESCALATION_WEBHOOK_URL
     if not url:
-        return False
+        return WebhookOutcome(delivered=False, error="TRIAGE_ESCALATION_WEBHOOK_URL is not set")
     try:
-        response = requests.post(url, json=body, timeout=settings.TRIAGE_ESCALATION_WEBHOOK_TIMEOUT_SECONDS)
-        response.raise_for_status()
+        response = requests.post(
+            url, json=body, timeout=settings.TRIAGE_ESCALATION_WEBHOOK_TIMEOUT_SECONDS, allow_redirects=False
+        )
     except requests.RequestException as err:
-        logger.warning("escalation webhook failed for item %s: %s", body.get("item_id"), type(err).__name__)
-        return False
-    return True
+        return WebhookOutcome(delivered=False, error=f"Network error: {type(err).__name__}")
+    if not 200 <= response.status_code < 300:
+        return WebhookOutcome(delivered=False, error=f"HTTP {response.status_code}")
+    return WebhookOutcome(delivered=True)
+
+
+def escalation_post(body: dict) -> bool:
+    """POST once, for notices that are not retried (model alerts); a failure is logged."""
+    outcome = webhook_post(body)
+    if not outcome.delivered:
+        logger.warning("webhook post for %s failed: %s", body.get("event"), outcome.error)
+    return outcome.delivered

@@ -164,6 +164,148 @@ def test_new_critical_finding_needs_a_new_acknowledgement(make_study, radiologis
     assert (item.critical, item.acknowledged_at) == (True, None)
 
 
+def _add_result(item: WorklistItem, *, finding: str, score: float) -> WorklistItem:
+    """A new current result for ``finding``, as results_record writes it, then the sync it runs."""
+    item.study.results.filter(finding=finding).update(is_current=False)
+    series = SeriesFactory(study=item.study)
+    ResultFactory(series=series, finding=finding, score=score, model_name=finding)
+    return services.worklist_item_sync(study=item.study)
+
+
+def test_a_positive_cta_after_an_acknowledged_ich_alerts_afresh(make_study, radiologist):
+    item = make_study(ich=0.9)
+    services.worklist_item_acknowledge(study_instance_uid=uid(item), user=radiologist)
+    WorklistItem.objects.filter(pk=item.pk).update(
+        critical_at=timezone.now() - timedelta(hours=1), escalated_at=timezone.now()
+    )
+    before = timezone.now()
+
+    item = _add_result(item, finding="lvo", score=0.9)
+
+    assert (item.critical, item.acknowledged_at, item.acknowledged_by, item.escalated_at) == (True, None, None, None)
+    assert item.critical_at >= before
+    assert item.critical_findings == ["ich", "lvo"]
+
+
+def test_a_finding_that_stays_positive_keeps_its_acknowledgement(make_study, radiologist):
+    item = make_study(ich=0.9)
+    services.worklist_item_acknowledge(study_instance_uid=uid(item), user=radiologist)
+
+    item = _add_result(item, finding="ich", score=0.95)
+
+    assert (item.critical, item.acknowledged_by) == (True, radiologist)
+
+
+def test_a_negative_cta_after_an_acknowledged_ich_keeps_the_acknowledgement(make_study, radiologist):
+    item = make_study(ich=0.9)
+    services.worklist_item_acknowledge(study_instance_uid=uid(item), user=radiologist)
+
+    item = _add_result(item, finding="lvo", score=0.1)
+
+    assert item.acknowledged_by == radiologist
+
+
+def test_a_reported_study_with_a_new_critical_finding_is_reopened(
+    make_study, radiologist, django_capture_on_commit_callbacks
+):
+    item = make_study(ich=0.9)
+    services.worklist_item_claim(study_instance_uid=uid(item), user=radiologist)
+    services.worklist_item_report(study_instance_uid=uid(item), user=radiologist)
+
+    with mock.patch("worklist.events.broadcast") as broadcast, django_capture_on_commit_callbacks(execute=True):
+        item = _add_result(item, finding="lvo", score=0.9)
+
+    assert (item.status, item.claimed_by, item.reported_at, item.acknowledged_at) == (
+        ItemStatus.WAITING,
+        None,
+        None,
+        None,
+    )
+    audit = AuditEvent.objects.get(action="worklist.reopened")
+    assert (audit.data["new_findings"], audit.data["previous_reporter_id"]) == (["lvo"], radiologist.pk)
+    event = broadcast.call_args.args[0]
+    assert {"status", "claim"} <= set(event["changes"])
+    assert event["item"]["status"] == "waiting"
+
+
+def test_a_reported_study_whose_finding_is_only_rescored_stays_reported(make_study, radiologist):
+    item = make_study(ich=0.9)
+    services.worklist_item_report(study_instance_uid=uid(item), user=radiologist)
+
+    item = _add_result(item, finding="ich", score=0.97)
+
+    assert item.status == ItemStatus.REPORTED
+    assert not AuditEvent.objects.filter(action="worklist.reopened").exists()
+
+
+def test_a_new_alert_escalates_and_notifies_afresh(make_study, settings, webhook):
+    settings.TRIAGE_ESCALATION_WEBHOOK_URL = webhook.url
+    item = make_study(ich=0.9)
+    later = timezone.now() + timedelta(hours=1)
+    services.worklist_items_escalate(now=later)
+    services.worklist_escalations_notify(now=later)
+    item = _add_result(item, finding="lvo", score=0.9)
+    assert (item.escalation_notified_at, item.escalation_attempts) == (None, 0)
+
+    much_later = timezone.now() + timedelta(hours=2)
+    services.worklist_items_escalate(now=much_later)
+    services.worklist_escalations_notify(now=much_later)
+
+    assert len(webhook.bodies) == 2
+    assert {f["finding"] for f in webhook.bodies[1]["findings"]} == {"ich", "lvo"}
+
+
+# Who may do what on a study another radiologist has claimed (docs/architecture.md)
+
+
+def test_anyone_may_acknowledge_a_study_another_has_claimed_and_it_is_audited(make_study, radiologist, rad2):
+    item = make_study(ich=0.9)
+    services.worklist_item_claim(study_instance_uid=uid(item), user=radiologist)
+
+    item = services.worklist_item_acknowledge(study_instance_uid=uid(item), user=rad2)
+
+    audit = AuditEvent.objects.get(action="worklist.acknowledge")
+    assert (item.acknowledged_by, item.claimed_by) == (rad2, radiologist)
+    assert (audit.actor_id, audit.data["claimed_by_id"], audit.data["claimed_by_other"]) == (
+        rad2.pk,
+        radiologist.pk,
+        True,
+    )
+
+
+def test_any_radiologist_may_pin_a_study_another_has_claimed_and_it_is_audited(make_study, radiologist, rad2):
+    item = make_study(ich=0.2)
+    services.worklist_item_claim(study_instance_uid=uid(item), user=radiologist)
+
+    item = services.worklist_item_pin(study_instance_uid=uid(item), user=rad2, level=3)
+
+    audit = AuditEvent.objects.get(action="worklist.pin")
+    assert (item.pinned_priority, item.pinned_by, item.claimed_by) == (3, rad2, radiologist)
+    assert (audit.data["claimed_by_id"], audit.data["claimed_by_other"]) == (radiologist.pk, True)
+
+
+def test_an_admin_may_release_a_study_another_has_claimed(make_study, radiologist, admin_user):
+    item = make_study(ich=0.9)
+    services.worklist_item_claim(study_instance_uid=uid(item), user=radiologist)
+
+    item = services.worklist_item_release(study_instance_uid=uid(item), user=admin_user)
+
+    audit = AuditEvent.objects.get(action="worklist.release")
+    assert (item.status, audit.actor_id, audit.data["previous_claimer_id"]) == (
+        ItemStatus.WAITING,
+        admin_user.pk,
+        radiologist.pk,
+    )
+
+
+def test_nobody_but_the_claimer_may_report_a_claimed_study(make_study, radiologist, rad2, admin_user):
+    item = make_study(ich=0.9)
+    services.worklist_item_claim(study_instance_uid=uid(item), user=radiologist)
+    for other in (rad2, admin_user):
+        with pytest.raises(Conflict, match="Another radiologist"):
+            services.worklist_item_report(study_instance_uid=uid(item), user=other)
+
+
 def test_pin_is_kept_when_ai_result_arrives(make_study, radiologist):
     item = make_study()
     services.worklist_item_pin(study_instance_uid=uid(item), user=radiologist, level=0)
@@ -214,26 +356,99 @@ def test_resync_skips_other_findings(make_study):
     assert services.worklist_items_resync(finding="lvo") == 0
 
 
-def test_unacknowledged_critical_finding_escalates_once(make_study, settings, django_capture_on_commit_callbacks):
-    settings.TRIAGE_ESCALATION_WEBHOOK_URL = "http://127.0.0.1:9/hook"
+def test_unacknowledged_critical_finding_escalates_once(make_study, settings, webhook):
+    settings.TRIAGE_ESCALATION_WEBHOOK_URL = webhook.url
     item = make_study(ich=0.9)
     later = timezone.now() + timedelta(minutes=settings.TRIAGE_ACK_TIMEOUT_MINUTES + 1)
-    with mock.patch("worklist.notify.requests.post") as post, django_capture_on_commit_callbacks(execute=True):
-        first = services.worklist_items_escalate(now=later)
-        second = services.worklist_items_escalate(now=later)
-    body = post.call_args.kwargs["json"]
-    assert (first, second, body["item_id"], body["findings"][0]["finding"]) == ([item.pk], [], item.pk, "ich")
+    first = services.worklist_items_escalate(now=later)
+    second = services.worklist_items_escalate(now=later)
+    notified = services.worklist_escalations_notify(now=later)
+    body = webhook.bodies[0]
+    assert (first, second, notified, body["item_id"], body["findings"][0]["finding"]) == (
+        [item.pk],
+        [],
+        [item.pk],
+        item.pk,
+        "ich",
+    )
 
 
-def test_escalation_body_holds_no_patient_data(make_study, settings, django_capture_on_commit_callbacks):
-    settings.TRIAGE_ESCALATION_WEBHOOK_URL = "http://127.0.0.1:9/hook"
+def test_escalation_body_holds_no_patient_data(make_study, settings, webhook):
+    settings.TRIAGE_ESCALATION_WEBHOOK_URL = webhook.url
     item = make_study(ich=0.9)
     later = timezone.now() + timedelta(hours=1)
-    with mock.patch("worklist.notify.requests.post") as post, django_capture_on_commit_callbacks(execute=True):
-        services.worklist_items_escalate(now=later)
-    text = str(post.call_args.kwargs["json"])
+    services.worklist_items_escalate(now=later)
+    services.worklist_escalations_notify(now=later)
+    text = str(webhook.bodies)
     study = item.study
     assert not any(v in text for v in (study.patient_id, study.patient_name, study.accession_number))
+
+
+def _escalated(make_study, settings, url: str):
+    settings.TRIAGE_ESCALATION_WEBHOOK_URL = url
+    item = make_study(ich=0.9)
+    later = timezone.now() + timedelta(hours=1)
+    services.worklist_items_escalate(now=later)
+    return item, later
+
+
+def test_an_escalation_is_notified_only_when_the_webhook_answers_2xx(make_study, settings, webhook):
+    webhook.statuses = [503]
+    item, later = _escalated(make_study, settings, webhook.url)
+
+    notified = services.worklist_escalations_notify(now=later)
+
+    item.refresh_from_db()
+    assert (notified, item.escalation_notified_at, item.escalation_error) == ([], None, "HTTP 503")
+    assert item.escalation_next_at >= later + timedelta(seconds=services.ESCALATION_NOTIFY_BACKOFF_SECONDS)
+
+
+def test_a_failed_escalation_post_is_retried_with_backoff_until_it_lands(make_study, settings, webhook):
+    webhook.statuses = [500, 502]
+    item, now = _escalated(make_study, settings, webhook.url)
+    rounds = []
+    for _ in range(3):
+        rounds.append(services.worklist_escalations_notify(now=now))
+        item.refresh_from_db()
+        now = item.escalation_next_at or now
+
+    assert (rounds, len(webhook.bodies), item.escalation_attempts) == ([[], [], [item.pk]], 3, 3)
+    assert item.escalation_notified_at is not None
+    assert AuditEvent.objects.filter(action="worklist.escalation_notified").count() == 1
+
+
+def test_a_retry_is_not_sent_before_its_backoff(make_study, settings, webhook):
+    webhook.statuses = [503]
+    item, later = _escalated(make_study, settings, webhook.url)
+    services.worklist_escalations_notify(now=later)
+
+    again = services.worklist_escalations_notify(now=later + timedelta(seconds=1))
+
+    assert (again, len(webhook.bodies)) == ([], 1)
+
+
+def test_an_unreachable_webhook_gives_up_after_the_bounded_attempts_and_says_so(make_study, settings, caplog):
+    from tools.procs import free_port
+
+    item, now = _escalated(make_study, settings, f"http://127.0.0.1:{free_port()}/hook")
+    for _ in range(services.ESCALATION_NOTIFY_MAX_ATTEMPTS + 2):
+        services.worklist_escalations_notify(now=now)
+        item.refresh_from_db()
+        now = item.escalation_next_at or now
+
+    assert item.escalation_attempts == services.ESCALATION_NOTIFY_MAX_ATTEMPTS
+    assert (item.escalation_unnotified, item.escalation_next_at, item.escalated_at is not None) == (True, None, True)
+    assert item.escalation_error.startswith("Network error: ConnectionError")
+    assert AuditEvent.objects.filter(action="worklist.escalation_unnotified").count() == 1
+    assert f"escalation webhook for item {item.pk} gave up" in caplog.text
+
+
+def test_escalation_logs_hold_no_patient_data(make_study, settings, webhook, caplog):
+    webhook.statuses = [503]
+    item, later = _escalated(make_study, settings, webhook.url)
+    services.worklist_escalations_notify(now=later)
+    study = item.study
+    assert not any(v in caplog.text for v in (study.patient_id, study.patient_name, study.accession_number))
 
 
 def test_acknowledged_finding_does_not_escalate(make_study, radiologist):
@@ -294,16 +509,18 @@ def test_two_radiologists_claiming_at_once_exactly_one_wins():
     assert sorted(outcomes) == ["conflict", "won"]
 
 
-def test_escalate_command_once_escalates_and_beats(make_study, settings):
+def test_escalate_command_once_escalates_notifies_and_beats(make_study, settings, webhook):
     from django.core.management import call_command
 
     from triage.models import WorkerHeartbeat
 
+    settings.TRIAGE_ESCALATION_WEBHOOK_URL = webhook.url
     item = make_study(ich=0.9)
     WorklistItem.objects.filter(pk=item.pk).update(critical_at=timezone.now() - timedelta(hours=1))
     call_command("triage_escalate", "--once")
     item.refresh_from_db()
-    assert item.escalated_at is not None
+    assert (item.escalated_at is not None, item.escalation_notified_at is not None) == (True, True)
+    assert [b["item_id"] for b in webhook.bodies] == [item.pk]
     assert WorkerHeartbeat.objects.filter(kind="escalate").exists()
 
 

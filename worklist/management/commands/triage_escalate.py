@@ -1,4 +1,5 @@
-"""``manage.py triage_escalate``: escalates critical findings left unacknowledged, beating a heartbeat each round."""
+"""``manage.py triage_escalate``: escalates critical findings left unacknowledged and posts (and retries) their
+webhook notifications, beating a heartbeat each round."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from django.db import close_old_connections
 
 from triage.core.services import worker_heartbeat
 from triage.core.workers import this_worker_id
-from worklist.services import worklist_items_escalate
+from worklist.services import worklist_escalations_notify, worklist_items_escalate
 
 logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
-    help = "Escalate critical AI findings not acknowledged within TRIAGE_ACK_TIMEOUT_MINUTES."
+    help = (
+        "Escalate critical AI findings not acknowledged within TRIAGE_ACK_TIMEOUT_MINUTES, and post each escalation "
+        "to TRIAGE_ESCALATION_WEBHOOK_URL until it answers 2xx (retried with backoff, a bounded number of times)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--once", action="store_true", help="One round, then exit")
@@ -45,3 +49,11 @@ class Command(BaseCommand):
             return
         if escalated:
             logger.info("escalated %d unacknowledged critical item(s)", len(escalated))
+        try:
+            # After the escalations' commit, and each round: failed posts come due again with backoff.
+            notified = worklist_escalations_notify()
+        except Exception:
+            logger.exception("escalation notification round failed")
+            return
+        if notified:
+            logger.info("notified the escalation webhook of %d item(s)", len(notified))
