@@ -231,3 +231,41 @@ def fhir_server_post_patient(fhir_server, *, system: str, value: str) -> dict:
     )
     response.raise_for_status()
     return response.json()
+
+
+def _odd_tag_result():
+    """A series with SeriesNumber -1 in a study whose UID holds a character no DICOM UID may (seen from PACSes
+    that mint their own UIDs)."""
+    study = StudyFactory(study_instance_uid="1.2.826.0.1.3680043.9.7_42", patient_id="MRN-1002")
+    series = SeriesFactory(study=study, series_instance_uid=f"{study.study_instance_uid}.1", series_number=-1)
+    return ResultFactory(series=series, finding="ich", score=0.9, threshold=0.5)
+
+
+@pytest.mark.parametrize("fhir_version", ["R4", "R5"])
+def test_odd_dicom_tags_are_left_out_rather_than_losing_the_report(db, fhir_version):
+    result = _odd_tag_result()
+
+    bundle = fhir.report_bundle_build(study=result.study, result=result, spec=_spec(fhir_version))
+
+    imaging_study = fhir.bundle_resource(bundle, "ImagingStudy")
+    assert "series" not in imaging_study  # its UID is no FHIR id: the optional element is left out
+    assert f"urn:oid:{result.study.study_instance_uid}" in str(imaging_study["identifier"])
+    fhir.resource_validate(bundle, fhir_version=fhir_version)
+
+
+def test_a_negative_series_number_is_left_out_and_the_series_kept(lvo_result):
+    lvo_result.series.series_number = -1
+
+    bundle = fhir.report_bundle_build(study=lvo_result.study, result=lvo_result, spec=_spec())
+
+    (series,) = fhir.bundle_resource(bundle, "ImagingStudy")["series"]
+    assert (series["uid"], "number" in series) == (lvo_result.series.series_instance_uid, False)
+
+
+def test_a_report_with_odd_tags_reaches_the_emr(endpoint, fhir_server):
+    result = _odd_tag_result()
+    outbox_enqueue_report(study=result.study, finding="ich")
+
+    summary = outbox_deliver_due(limit=10)
+
+    assert summary.sent == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
@@ -17,7 +18,7 @@ from django.core.management import call_command
 from django.db import transaction
 from django.utils import timezone
 
-from tests.factories import ResultFactory, SeriesFactory, StudyFactory
+from tests.factories import JobFactory, ResultFactory, SeriesFactory, StudyFactory
 from tools.procs import free_port
 from triage.fhir import client as fhirclient
 from triage.fhir import resources as fhir
@@ -550,9 +551,9 @@ def _auth_endpoint(emr: FakeEmr, **fields) -> FhirEndpoint:
 
 def test_bearer_token_comes_from_the_named_environment_variable(db, settings, monkeypatch, caplog):
     settings.TRIAGE_FHIR_BASE_URL = None
-    monkeypatch.setenv("EMR_TOKEN", "bearer-abc")
+    monkeypatch.setenv("TRIAGE_EMR_TOKEN", "bearer-abc")
     with FakeEmr() as emr, caplog.at_level(logging.DEBUG):
-        _auth_endpoint(emr, auth="bearer", secret_env="EMR_TOKEN")
+        _auth_endpoint(emr, auth="bearer", secret_env="TRIAGE_EMR_TOKEN")
         result = make_result()
         outbox_enqueue_report(study=result.study, finding="ich")
         summary = outbox_deliver_due(limit=10)
@@ -564,9 +565,9 @@ def test_bearer_token_comes_from_the_named_environment_variable(db, settings, mo
 
 def test_basic_auth_uses_username_and_password_from_the_environment(db, settings, monkeypatch):
     settings.TRIAGE_FHIR_BASE_URL = None
-    monkeypatch.setenv("EMR_PASSWORD", "pa55")
+    monkeypatch.setenv("TRIAGE_EMR_PASSWORD", "pa55")
     with FakeEmr() as emr:
-        _auth_endpoint(emr, auth="basic", username="triage", secret_env="EMR_PASSWORD")
+        _auth_endpoint(emr, auth="basic", username="triage", secret_env="TRIAGE_EMR_PASSWORD")
         result = make_result()
         outbox_enqueue_report(study=result.study, finding="ich")
         outbox_deliver_due(limit=10)
@@ -576,16 +577,16 @@ def test_basic_auth_uses_username_and_password_from_the_environment(db, settings
 
 def test_a_missing_secret_is_a_dead_letter_that_names_the_variable(db, settings, monkeypatch):
     settings.TRIAGE_FHIR_BASE_URL = None
-    monkeypatch.delenv("EMR_TOKEN", raising=False)
+    monkeypatch.delenv("TRIAGE_EMR_TOKEN", raising=False)
     with FakeEmr() as emr:
-        _auth_endpoint(emr, auth="bearer", secret_env="EMR_TOKEN")
+        _auth_endpoint(emr, auth="bearer", secret_env="TRIAGE_EMR_TOKEN")
         result = make_result()
         outbox_enqueue_report(study=result.study, finding="ich")
         outbox_deliver_due(limit=10)
 
     message = OutboxMessage.objects.get()
     assert message.state == "dead"
-    assert "EMR_TOKEN" in message.last_error
+    assert "TRIAGE_EMR_TOKEN" in message.last_error
     assert emr.authorizations == []
 
 
@@ -605,14 +606,14 @@ def test_smart_backend_services_signs_an_assertion_and_caches_the_token(
 ):
     settings.TRIAGE_FHIR_BASE_URL = None
     key = make_key()
-    monkeypatch.setenv("EMR_PRIVATE_KEY", _pem(key))
+    monkeypatch.setenv("TRIAGE_EMR_PRIVATE_KEY", _pem(key))
     with FakeEmr(public_key=key.public_key(), algorithm=algorithm) as emr, caplog.at_level(logging.DEBUG):
         _auth_endpoint(
             emr,
             auth="smart",
             client_id="triage-client",
             token_url=f"{emr.url}/token",
-            secret_env="EMR_PRIVATE_KEY",
+            secret_env="TRIAGE_EMR_PRIVATE_KEY",
             jwt_key_id="key-1",
         )
         for _ in range(2):
@@ -629,14 +630,14 @@ def test_smart_backend_services_signs_an_assertion_and_caches_the_token(
 def test_a_401_from_the_emr_drops_the_cached_token_and_retries(db, settings, monkeypatch):
     settings.TRIAGE_FHIR_BASE_URL = None
     key = ec.generate_private_key(ec.SECP384R1())
-    monkeypatch.setenv("EMR_PRIVATE_KEY", _pem(key))
+    monkeypatch.setenv("TRIAGE_EMR_PRIVATE_KEY", _pem(key))
     with FakeEmr(public_key=key.public_key(), algorithm="ES384", fhir_status=401) as emr:
         _auth_endpoint(
             emr,
             auth="smart",
             client_id="triage-client",
             token_url=f"{emr.url}/token",
-            secret_env="EMR_PRIVATE_KEY",
+            secret_env="TRIAGE_EMR_PRIVATE_KEY",
             jwt_key_id="key-1",
         )
         result = make_result()
@@ -687,3 +688,225 @@ def test_concurrent_workers_send_each_message_once(fhir_emr, settings):
     assert sorted(sent) == sorted(OutboxMessage.objects.values_list("pk", flat=True))
     assert fhir_emr.control()["requests"] == len(results)
     assert set(OutboxMessage.objects.values_list("attempts", flat=True)) == {1}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reports that cannot be built, answers that cannot be read, and the attempt limit
+
+
+@dataclass
+class _Output:
+    """What a model runner returns, as far as results_record reads it."""
+
+    finding: str = "ich"
+    model_name: str = "ich"
+    model_version: str = "0.1.0"
+    score: float = 0.9
+    threshold: float = 0.5
+    positive: bool = True
+    key_slice: int = 3
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def test_a_report_that_cannot_be_built_is_a_dead_letter_and_the_result_commits(endpoint, monkeypatch):
+    from triage.ingest.services import results_record
+    from worklist.models import WorklistItem
+
+    study = StudyFactory(study_instance_uid="1.2.826.0.1.3680043.9.7_42")
+    series = SeriesFactory(study=study, series_instance_uid=f"{study.study_instance_uid}.1", series_number=-1)
+
+    def unbuildable(**kwargs) -> dict:
+        raise fhir.ReportBuildError("ImagingStudy is not valid FHIR R4: series.0.number, series.0.uid")
+
+    monkeypatch.setattr(fhir, "report_bundle_build", unbuildable)
+
+    with transaction.atomic():  # the worker's transaction around results_record
+        results_record(job=JobFactory(study=study), outputs=[(series, _Output(), None)])
+
+    message = OutboxMessage.objects.get()
+    assert (message.state, message.payload, message.attempts) == ("dead", {}, 0)
+    assert message.last_error == "fhir_invalid: ImagingStudy is not valid FHIR R4: series.0.number, series.0.uid"
+    assert TriageResult.objects.filter(study=study, is_current=True).count() == 1
+    assert WorklistItem.objects.get(study=study).critical
+
+
+def test_a_dead_letter_that_still_cannot_be_built_is_not_requeued(endpoint, admin_user, monkeypatch):
+    result = make_result()
+
+    def unbuildable(**kwargs) -> dict:
+        raise fhir.ReportBuildError("ImagingStudy is not valid FHIR R4: series.0.uid")
+
+    monkeypatch.setattr(fhir, "report_bundle_build", unbuildable)
+    outbox_enqueue_report(study=result.study, finding="ich")
+
+    requeued = outbox_requeue(message=OutboxMessage.objects.get(), actor=admin_user)
+
+    message = OutboxMessage.objects.get()
+    assert (requeued, message.state, message.last_error) == (
+        False,
+        "dead",
+        "fhir_invalid: ImagingStudy is not valid FHIR R4: series.0.uid",
+    )
+
+
+class MalformedEmr:
+    """A loopback EMR that answers every transaction with a fixed status and body; patient searches find nobody."""
+
+    def __init__(self, status: int, body: bytes, content_type: str = "application/fhir+json") -> None:
+        self.status, self.body, self.content_type = status, body, content_type
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _handler(self):
+        emr = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._send(200, b'{"resourceType": "Bundle", "type": "searchset", "total": 0}', emr.content_type)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self._send(emr.status, emr.body, emr.content_type)
+
+        return Handler
+
+    def __enter__(self) -> MalformedEmr:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _one_entry(response: object) -> bytes:
+    return json.dumps({"resourceType": "Bundle", "type": "transaction-response", "entry": [response] * 5}).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (200, b"<html><body>502 Bad Gateway</body></html>", "Unreadable answer from the EMR: not a transaction"),
+        (200, b"\xff\xfe\x00garbage", "Unreadable answer from the EMR: not a transaction"),
+        (200, b"[1, 2, 3]", "Unreadable answer from the EMR: not a transaction"),
+        (200, b'{"resourceType": "Bundle", "type": "transaction-response"}', "a Bundle without entries"),
+        (200, b'{"resourceType": "Bundle", "entry": []}', "a Bundle without entries"),
+        (200, b'{"resourceType": "Bundle", "entry": "all good"}', "a Bundle without entries"),
+        (200, b'{"resourceType": "Bundle", "entry": [{"response": {"status": "200 OK"}}]}', "1 entries for the 5"),
+        (200, _one_entry("200 OK"), "an entry without a response"),
+        (200, _one_entry({"response": ["200 OK"]}), "an entry without a response"),
+        (200, _one_entry({"response": {"status": "500", "outcome": "boom"}}), "Entry answered 500"),
+        (503, b'{"resourceType": "OperationOutcome", "issue": "down for maintenance"}', "HTTP 503"),
+        (502, b'{"resourceType": "OperationOutcome", "issue": [{"diagnostics": ["x"], "expression": "a"}]}', "['x']"),
+    ],
+)
+def test_an_answer_that_cannot_be_read_is_retried_with_a_clear_error(db, settings, status, body, error):
+    settings.TRIAGE_FHIR_BASE_URL = None
+    with MalformedEmr(status, body) as emr:
+        FhirEndpoint.objects.create(name="odd-emr", base_url=f"http://127.0.0.1:{emr.server.server_address[1]}")
+        result = make_result()
+        outbox_enqueue_report(study=result.study, finding="ich")
+        summary = outbox_deliver_due(limit=10)
+
+    message = OutboxMessage.objects.get()
+    assert (summary.retried, message.state, message.lease_owner, message.lease_expires_at) == (1, "pending", "", None)
+    assert error in message.last_error
+    assert message.next_attempt_at > timezone.now()
+
+
+def test_a_patient_search_answer_of_the_wrong_shape_keeps_the_logical_reference(endpoint, fhir_emr, monkeypatch):
+    result = make_result()
+    outbox_enqueue_report(study=result.study, finding="ich")
+    real_request = fhirclient.fhir_request
+
+    def odd_search(endpoint, method, path, **kwargs):
+        response = real_request(endpoint, method, path, **kwargs)
+        if method == "GET":
+            response._content = b'{"resourceType": "Bundle", "entry": [1, {"resource": "Patient/1"}]}'
+        return response
+
+    monkeypatch.setattr(fhirclient, "fhir_request", odd_search)
+
+    assert outbox_deliver_due(limit=10).sent == 1
+
+
+def test_an_error_inside_this_app_releases_the_lease_and_retries(endpoint, monkeypatch, caplog):
+    from triage.fhir import delivery
+
+    result = make_result()
+    outbox_enqueue_report(study=result.study, finding="ich")
+
+    def broken(endpoint, bundle):
+        raise KeyError("entry")
+
+    monkeypatch.setattr(delivery, "_with_patient_reference", broken)
+    summary = outbox_deliver_due(limit=10)
+
+    message = OutboxMessage.objects.get()
+    assert (summary.retried, message.state, message.lease_owner) == (1, "pending", "")
+    assert message.last_error == "Internal error: KeyError"
+
+
+def test_retries_stop_after_the_attempt_limit_with_the_last_error(endpoint, fhir_emr, settings):
+    settings.TRIAGE_OUTBOX_MAX_ATTEMPTS = 3
+    result = make_result()
+    outbox_enqueue_report(study=result.study, finding="ich")
+    fhir_emr.control(down=True)
+    try:
+        summaries = []
+        for _ in range(4):
+            summaries.append(outbox_deliver_due(limit=10))
+            make_due()
+    finally:
+        fhir_emr.control(down=False)
+
+    message = OutboxMessage.objects.get()
+    assert [(s.retried, s.dead) for s in summaries] == [(1, 0), (1, 0), (0, 1), (0, 0)]
+    assert (message.state, message.attempts, message.last_status_code) == ("dead", 3, 503)
+    assert message.last_error.endswith("(gave up after 3 attempts)")
+
+
+def test_a_401_that_persists_goes_to_the_dead_letter_after_the_attempt_limit(db, settings, monkeypatch):
+    settings.TRIAGE_FHIR_BASE_URL = None
+    settings.TRIAGE_OUTBOX_MAX_ATTEMPTS = 2
+    monkeypatch.setenv("TRIAGE_EMR_TOKEN", "revoked")
+    with FakeEmr(fhir_status=401) as emr:
+        _auth_endpoint(emr, auth="bearer", secret_env="TRIAGE_EMR_TOKEN")
+        result = make_result()
+        outbox_enqueue_report(study=result.study, finding="ich")
+        outbox_deliver_due(limit=10)
+        make_due()
+        outbox_deliver_due(limit=10)
+
+    message = OutboxMessage.objects.get()
+    assert (message.state, message.last_status_code, len(emr.authorizations)) == ("dead", 401, 2)
+
+
+def test_a_requeued_dead_letter_counts_its_attempts_again(endpoint, fhir_emr, settings, admin_user):
+    settings.TRIAGE_OUTBOX_MAX_ATTEMPTS = 3
+    result = make_result()
+    outbox_enqueue_report(study=result.study, finding="ich")
+    fhir_emr.control(fail_next=3, status=503)
+    for _ in range(3):
+        outbox_deliver_due(limit=10)
+        make_due()
+    fhir_emr.control(fail_next=1, status=503)
+
+    outbox_requeue(message=OutboxMessage.objects.get(), actor=admin_user)
+    first = outbox_deliver_due(limit=10)
+    make_due()
+    second = outbox_deliver_due(limit=10)
+
+    assert (first.retried, second.sent, OutboxMessage.objects.get().state) == (1, 1, "sent")

@@ -1,7 +1,8 @@
 """Delivery of the FHIR outbox: claim due messages, send each once, and apply what the EMR answered.
 
-Network errors, 5xx, 408, 429 (honouring Retry-After) and 401 (the token is refreshed) are retried with exponential
-backoff and jitter; other 4xx go to the dead letter with the server's OperationOutcome.
+Network errors, 5xx, 408, 429 (honouring Retry-After), 401 (the token is refreshed) and answers that cannot be read
+are retried with exponential backoff and jitter, up to TRIAGE_OUTBOX_MAX_ATTEMPTS; other 4xx go to the dead letter
+with the server's OperationOutcome.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
@@ -43,6 +45,10 @@ class DeliveryOutcome:
     error: str = ""
     operation_outcome: dict | None = None
     retry_after: float | None = None
+
+
+class MalformedReply(ValueError):
+    """An answer from the EMR that cannot be read as what was asked for."""
 
 
 @dataclass
@@ -91,7 +97,12 @@ def outbox_deliver_due(*, limit: int = 50, worker_id: str | None = None) -> Deli
     for message in _claim(limit=limit, worker_id=worker_id):
         summary.claimed += 1
         summary.message_ids.append(message.pk)
-        outcome = _attempt(message)
+        try:
+            outcome = _attempt(message)
+        except Exception as err:  # the loop boundary: record the failure, release the lease, go on
+            logger.exception("outbox %s: delivery attempt failed inside this app", message.pk)
+            outcome = DeliveryOutcome(state=OutboxState.PENDING, error=f"Internal error: {type(err).__name__}")
+        outcome = _give_up_when_exhausted(message, outcome)
         _outcome_apply(message=message, outcome=outcome, worker_id=worker_id)
         if outcome.state == OutboxState.SENT:
             summary.sent += 1
@@ -100,6 +111,14 @@ def outbox_deliver_due(*, limit: int = 50, worker_id: str | None = None) -> Deli
         else:
             summary.retried += 1
     return summary
+
+
+def _give_up_when_exhausted(message: OutboxMessage, outcome: DeliveryOutcome) -> DeliveryOutcome:
+    """A retry past TRIAGE_OUTBOX_MAX_ATTEMPTS goes to the dead letter with its last error instead."""
+    if outcome.state != OutboxState.PENDING or message.attempts < settings.TRIAGE_OUTBOX_MAX_ATTEMPTS:
+        return outcome
+    error = f"{outcome.error} (gave up after {message.attempts} attempts)"
+    return DeliveryOutcome(OutboxState.DEAD, outcome.status_code, error, outcome.operation_outcome)
 
 
 def _lease_seconds(endpoint: FhirEndpoint) -> float:
@@ -164,7 +183,7 @@ def _attempt(message: OutboxMessage) -> DeliveryOutcome:
         return DeliveryOutcome(state=state, status_code=err.status_code, error=err.message)
     except requests.RequestException as err:
         return DeliveryOutcome(state=OutboxState.PENDING, error=f"Network error: {type(err).__name__}")
-    return _response_outcome(endpoint, response)
+    return _response_outcome(endpoint, response, sent_entries=len(bundle["entry"]))
 
 
 def _with_patient_reference(
@@ -190,10 +209,8 @@ def _with_patient_reference(
         return bundle, response
     if response.status_code != 200:
         return bundle, None  # the lookup is a courtesy: a logical reference is still a valid report
-    body = _json_or_none(response)
-    entries = body.get("entry", []) if isinstance(body, dict) else []
-    matches = [e.get("resource", {}).get("id") for e in entries]
-    if len(matches) != 1 or not matches[0]:
+    matches = _search_ids(_json_or_none(response))
+    if len(matches) != 1 or not isinstance(matches[0], str) or not matches[0]:
         return bundle, None
     reference = f"Patient/{matches[0]}"
     entries = []
@@ -205,12 +222,27 @@ def _with_patient_reference(
     return {**bundle, "entry": entries}, None
 
 
-def _response_outcome(endpoint: FhirEndpoint, response: requests.Response) -> DeliveryOutcome:
+def _search_ids(body: Any) -> list[Any]:
+    """The ids in a searchset Bundle; an answer of another shape finds nothing."""
+    entries = body.get("entry") if isinstance(body, dict) else None
+    if not isinstance(entries, list):
+        return []
+    resources = [entry.get("resource") if isinstance(entry, dict) else None for entry in entries]
+    return [resource.get("id") if isinstance(resource, dict) else None for resource in resources]
+
+
+def _response_outcome(
+    endpoint: FhirEndpoint, response: requests.Response, *, sent_entries: int | None = None
+) -> DeliveryOutcome:
     body = _json_or_none(response)
     code = response.status_code
     if code in (200, 201):
-        return _entries_outcome(body)
-    outcome = body if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome" else None
+        try:
+            return _entries_outcome(body, sent_entries=sent_entries)
+        except MalformedReply as err:
+            # A proxy's error page or a server mid-restart: the EMR may hold nothing yet, so send again.
+            return DeliveryOutcome(OutboxState.PENDING, code, f"Unreadable answer from the EMR: {err}")
+    outcome = _operation_outcome(body)
     error = _outcome_text(outcome) or f"HTTP {code}"
     if code == 401:
         fhirclient.token_cache_clear(endpoint)
@@ -220,16 +252,26 @@ def _response_outcome(endpoint: FhirEndpoint, response: requests.Response) -> De
     return DeliveryOutcome(OutboxState.DEAD, code, error, outcome)
 
 
-def _entries_outcome(body: Any) -> DeliveryOutcome:
-    """A transaction answers 200 with one status per entry; this server does not roll back a partial failure."""
+def _entries_outcome(body: Any, *, sent_entries: int | None = None) -> DeliveryOutcome:
+    """A transaction answers 200 with one status per entry; this server does not roll back a partial failure.
+
+    Raises MalformedReply for an answer that is not such a Bundle (not JSON, another shape, no or too few entries).
+    """
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
-        return DeliveryOutcome(OutboxState.PENDING, 200, "The EMR answered without a transaction-response Bundle")
+        raise MalformedReply("not a transaction-response Bundle")
+    entries = body.get("entry")
+    if not isinstance(entries, list) or not entries:
+        raise MalformedReply("a Bundle without entries")
+    if sent_entries is not None and len(entries) != sent_entries:
+        raise MalformedReply(f"{len(entries)} entries for the {sent_entries} sent")
     worst, worst_outcome = 200, None
-    for entry in body.get("entry", []):
-        response = entry.get("response", {})
+    for entry in entries:
+        response = entry.get("response") if isinstance(entry, dict) else None
+        if not isinstance(response, dict):
+            raise MalformedReply("an entry without a response")
         status = _status_number(response.get("status", ""))
         if status >= 300 and (worst < 300 or status >= 500):
-            worst, worst_outcome = status, response.get("outcome")
+            worst, worst_outcome = status, _operation_outcome(response.get("outcome"))
     if worst < 300:
         return DeliveryOutcome(OutboxState.SENT, 200)
     error = f"Entry answered {worst}: {_outcome_text(worst_outcome)}"
@@ -237,7 +279,7 @@ def _entries_outcome(body: Any) -> DeliveryOutcome:
     return DeliveryOutcome(state, worst, error, worst_outcome)
 
 
-def _status_number(status: str) -> int:
+def _status_number(status: Any) -> int:
     try:
         return int(str(status).split()[0])
     except (ValueError, IndexError):
@@ -247,19 +289,29 @@ def _status_number(status: str) -> int:
 def _json_or_none(response: requests.Response) -> Any:
     try:
         return response.json()
-    except ValueError:
+    except ValueError:  # also a body that is not UTF-8
         return None
 
 
+def _operation_outcome(value: Any) -> dict | None:
+    return value if isinstance(value, dict) and value.get("resourceType") == "OperationOutcome" else None
+
+
 def _outcome_text(outcome: dict | None) -> str:
-    if not outcome:
+    issues = outcome.get("issue") if outcome else None
+    if not isinstance(issues, list):
         return ""
-    texts = []
-    for issue in outcome.get("issue", [])[:5]:
-        text = issue.get("diagnostics") or issue.get("details", {}).get("text") or issue.get("code", "")
-        where = ", ".join(issue.get("expression", []) or [])
-        texts.append(f"{text} ({where})" if where else text)
-    return "; ".join(texts)[:2000]
+    texts = [_issue_text(issue) for issue in issues[:5] if isinstance(issue, dict)]
+    return "; ".join(t for t in texts if t)[:2000]
+
+
+def _issue_text(issue: dict) -> str:
+    details = issue.get("details")
+    text = issue.get("diagnostics") or (details.get("text") if isinstance(details, dict) else None) or issue.get("code")
+    expression = issue.get("expression")
+    where = ", ".join(str(e) for e in expression) if isinstance(expression, list) else ""
+    text = str(text or "")
+    return f"{text} ({where})" if where else text
 
 
 def _retry_after_seconds(value: str | None) -> float | None:

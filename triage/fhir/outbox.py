@@ -6,6 +6,7 @@ Versions, statuses and retries: docs/fhir.md.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -81,7 +82,7 @@ def outbox_enqueue_report(*, study: Study, finding: str, reason: str = "result")
         if (message := _version_enqueue(endpoint=endpoint, study=study, result=result, reason=reason)) is not None
     ]
     if messages:
-        transaction.on_commit(outbox_kick)
+        transaction.on_commit(outbox_kick, robust=True)
     return messages
 
 
@@ -98,7 +99,7 @@ def outbox_retract(*, study: Study, finding: str, reason: str) -> list[OutboxMes
         if message is not None:
             messages.append(message)
     if messages:
-        transaction.on_commit(outbox_kick)
+        transaction.on_commit(outbox_kick, robust=True)
     return messages
 
 
@@ -120,7 +121,7 @@ def outbox_backfill(*, endpoint: FhirEndpoint, limit: int = 1000) -> int:
             study = Study.objects.select_for_update().get(pk=result.study_id)
             queued += _version_enqueue(endpoint=endpoint, study=study, result=result, reason="backfill") is not None
     if queued:
-        transaction.on_commit(outbox_kick)
+        transaction.on_commit(outbox_kick, robust=True)
     return queued
 
 
@@ -156,20 +157,34 @@ def _version_enqueue(
         return None  # the EMR already has, or will get, exactly this
     status = _next_status(may_exist=may_exist, reason=reason, retract=retract)
     spec = _spec(endpoint=endpoint, result=result, status=status, reason=reason)
-    bundle = fhir.report_bundle_build(study=study, result=result, spec=spec)
+    fields = {
+        "endpoint": endpoint,
+        "study": study,
+        "finding": result.finding,
+        "report_status": status,
+        "resource_id": resource_id,
+        "report_version": (latest.report_version + 1) if latest else 1,
+        "reason": reason[:32],
+        "result_ids": [result.pk],
+    }
+    try:
+        bundle = fhir.report_bundle_build(study=study, result=result, spec=spec)
+    except fhir.ReportBuildError as err:
+        _supersede_undelivered(versions)
+        return _dead_letter_unbuildable(fields, err)
     _supersede_undelivered(versions)
-    return OutboxMessage.objects.create(
-        endpoint=endpoint,
-        study=study,
-        finding=result.finding,
-        report_status=status,
-        resource_id=resource_id,
-        report_version=(latest.report_version + 1) if latest else 1,
-        reason=reason[:32],
-        content_hash=fhir.content_hash(bundle),
-        result_ids=[result.pk],
-        payload=bundle,
+    return OutboxMessage.objects.create(**fields, content_hash=fhir.content_hash(bundle), payload=bundle)
+
+
+def _dead_letter_unbuildable(fields: dict[str, Any], err: fhir.ReportBuildError) -> OutboxMessage:
+    """A report that cannot be built is a dead letter with its coded reason, never an error in the caller's
+    transaction: the result and the worklist item it belongs to must commit whatever the EMR side makes of it."""
+    message = OutboxMessage.objects.create(
+        **fields, payload={}, state=OutboxState.DEAD, last_error=f"{err.code}: {err.message}"
     )
+    logger.warning("outbox %s dead-lettered for %s: the report could not be built (%s)", message.pk,
+                   message.endpoint.name, err.code)  # fmt: skip
+    return message
 
 
 def _unchanged(
@@ -187,7 +202,11 @@ def _unchanged(
     if latest is None or latest.state not in live or retract != (latest.report_status == ReportStatus.ENTERED_IN_ERROR):
         return False
     spec = _spec(endpoint=endpoint, result=result, status=latest.report_status, reason=reason)
-    return fhir.content_hash(fhir.report_bundle_build(study=study, result=result, spec=spec)) == latest.content_hash
+    try:
+        bundle = fhir.report_bundle_build(study=study, result=result, spec=spec)
+    except fhir.ReportBuildError:
+        return False  # the new version becomes a dead letter that says why
+    return fhir.content_hash(bundle) == latest.content_hash
 
 
 def _spec(*, endpoint: FhirEndpoint, result: TriageResult, status: str, reason: str) -> fhir.ReportSpec:
@@ -236,10 +255,14 @@ def outbox_requeue(*, message: OutboxMessage, actor: User | None) -> bool:
     )
     if newer.exists():
         return False
-    _payload_rebuild(message)
+    if not _payload_rebuild(message):
+        message.save(update_fields=["last_error"])
+        return False
     message.state = OutboxState.PENDING
     message.next_attempt_at = timezone.now()
     message.lease_owner, message.lease_expires_at = "", None
+    # Attempts count again from here (TRIAGE_OUTBOX_MAX_ATTEMPTS); one stays, as the EMR may hold the report.
+    message.attempts = min(message.attempts, 1)
     message.save()
     audit_record(
         action="outbox.requeued",
@@ -247,14 +270,20 @@ def outbox_requeue(*, message: OutboxMessage, actor: User | None) -> bool:
         obj=message,
         data={"endpoint": message.endpoint.name, "report_version": message.report_version},
     )
-    transaction.on_commit(outbox_kick)
+    transaction.on_commit(outbox_kick, robust=True)
     return True
 
 
-def _payload_rebuild(message: OutboxMessage) -> None:
+def _payload_rebuild(message: OutboxMessage) -> bool:
+    """Rebuild the payload from the current data; False (with the reason in ``last_error``) when it cannot be."""
     result = TriageResult.objects.filter(pk__in=message.result_ids).select_related("series").first()
     if result is None:
-        return
+        return bool(message.payload)  # the result is gone: resend what was built, if anything was
     spec = _spec(endpoint=message.endpoint, result=result, status=message.report_status, reason=message.reason)
-    message.payload = fhir.report_bundle_build(study=message.study, result=result, spec=spec)
+    try:
+        message.payload = fhir.report_bundle_build(study=message.study, result=result, spec=spec)
+    except fhir.ReportBuildError as err:
+        message.last_error = f"{err.code}: {err.message}"
+        return False
     message.content_hash = fhir.content_hash(message.payload)
+    return True

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,6 +50,8 @@ FINDING_SNOMED = {
     Finding.LVO: {"system": SNOMED, "code": "20059004", "display": "Cerebral artery occlusion"},
 }
 REPORT_STATUSES = tuple(ReportStatus.values)
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+UNSIGNED_INT_MAX = 2**31 - 1
 ADVISORY = (
     "AI-generated advisory triage result, not a diagnosis. It only helps order the reading worklist; a radiologist "
     "reads every study and the radiologist's report is the result of record."
@@ -218,8 +221,10 @@ def imaging_study_resource(*, study: Study, series: Series, spec: ReportSpec) ->
         "status": "available",
         "subject": _patient_reference(study, spec.patient_id_system),
         "modality": [_modality(m, spec.fhir_version) for m in _modalities(study, series)],
-        "series": [_series_entry(series, spec.fhir_version)],
     }
+    entry = _series_entry(series, spec.fhir_version)
+    if entry is not None:
+        resource["series"] = [entry]
     if study.study_datetime:
         resource["started"] = study.study_datetime.isoformat()
     if study.study_description:
@@ -232,13 +237,19 @@ def _modalities(study: Study, series: Series) -> list[str]:
     return codes or [series.modality or "CT"]
 
 
-def _series_entry(series: Series, fhir_version: str) -> dict[str, Any]:
-    entry: dict[str, Any] = {"uid": series.series_instance_uid, "modality": _modality(series.modality, fhir_version)}
-    if series.series_number is not None:
+def _series_entry(series: Series, fhir_version: str) -> dict[str, Any] | None:
+    """The series as the report's ImagingStudy names it; optional elements whose DICOM value FHIR cannot hold are
+    left out rather than losing the report (a negative SeriesNumber; a UID that is not a FHIR id, which a valid
+    DICOM UID always is, drops the series element, which is optional)."""
+    uid = series.series_instance_uid.rstrip("\x00 ")  # DICOM pads UIDs to an even length
+    if not FHIR_ID.fullmatch(uid):
+        return None
+    entry: dict[str, Any] = {"uid": uid, "modality": _modality(series.modality, fhir_version)}
+    if series.series_number is not None and 0 <= series.series_number <= UNSIGNED_INT_MAX:
         entry["number"] = series.series_number
     if series.description:
         entry["description"] = series.description[:200]
-    if series.instance_count:
+    if series.instance_count and series.instance_count <= UNSIGNED_INT_MAX:
         entry["numberOfInstances"] = series.instance_count
     return entry
 
@@ -284,7 +295,7 @@ def _components(result: TriageResult) -> list[dict[str, Any]]:
         {"code": _local("threshold", "Operating threshold (0 to 1)"), "valueQuantity": _quantity(result.threshold)},
     ]
     key_slice = (result.details or {}).get("key_slice")
-    if isinstance(key_slice, int):
+    if isinstance(key_slice, int) and not isinstance(key_slice, bool) and abs(key_slice) <= UNSIGNED_INT_MAX:
         components.append({"code": _local("key-slice", "Key slice index"), "valueInteger": key_slice})
     if result.reported_side:
         components.append({"code": _local("side", "Side"), "valueString": result.reported_side})
