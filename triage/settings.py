@@ -177,6 +177,8 @@ TRIAGE_DICOMWEB_TOKEN = env_str("TRIAGE_DICOMWEB_TOKEN")
 TRIAGE_FHIR_BASE_URL = env_str("TRIAGE_FHIR_BASE_URL")
 TRIAGE_FHIR_VERSION = env_choice("TRIAGE_FHIR_VERSION", "R4", ("R4", "R5"))
 TRIAGE_FHIR_TOKEN = env_str("TRIAGE_FHIR_TOKEN")
+# Delivery attempts of one report version before it goes to the dead letter (about 5 h at the 10-minute backoff cap).
+TRIAGE_OUTBOX_MAX_ATTEMPTS = env_int("TRIAGE_OUTBOX_MAX_ATTEMPTS", 50, minimum=1)
 TRIAGE_DEVICE = env_device("TRIAGE_DEVICE", "cpu")
 # Threads per inference worker; 0 lets torch use every core (``make run`` shares the cores among its workers).
 TRIAGE_TORCH_THREADS = env_int("TRIAGE_TORCH_THREADS", 0, minimum=0)
