@@ -58,6 +58,9 @@ class WorklistConsumer(AsyncJsonWebsocketConsumer):
             # which would queue the fan-out to every socket behind it (about half a millisecond each).
             await self.worklist_event(message)
             return
+        if message["type"] == events.BEAT_TYPE:
+            # The beat proves the layer's path when it arrives, not when the sync thread is next free.
+            self.beats_missing = 0
         await super().dispatch(message)
 
     async def worklist_event(self, event: dict) -> None:
@@ -65,7 +68,6 @@ class WorklistConsumer(AsyncJsonWebsocketConsumer):
 
     async def worklist_beat(self, message: dict) -> None:
         """Our own beat came back through the layer: the path that carries events works; tell the client its seq."""
-        self.beats_missing = 0
         seq = await database_sync_to_async(selectors.worklist_seq)()
         await self.send_json(events.beat_event(seq=seq))
 
