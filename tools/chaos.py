@@ -117,6 +117,7 @@ class Run:
     outages: list[dict] = field(default_factory=list)
     t0: float = 0.0
     _orthanc_stopped_at: float = 0.0
+    _met_before: int = 0
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def now(self) -> float:
@@ -230,12 +231,21 @@ class Run:
 
     def outage(self, name: str, *, start: bool) -> None:
         if start:
-            self.outages.append({"kind": name, "start": self.now(), "end": None})
+            self.outages.append({"kind": name, "start": self.now(), "end": None, "requests_met": None})
             self._outage_begin(name)
+            self._met_before = self._proxy_total(name)
             return
+        met = self._proxy_total(name) - self._met_before
         self._outage_end(name)
         record = next(o for o in reversed(self.outages) if o["kind"] == name)
         record["end"] = self.now()
+        # How many requests the outage answered for: 0 means nothing was in flight to meet it.
+        record["requests_met"] = met if name.startswith(("pacs_", "emr_")) else None
+
+    def _proxy_total(self, name: str) -> int:
+        assert self.services is not None
+        proxy = self.services.emr_proxy if name.startswith("emr_") else self.services.pacs_proxy
+        return sum(count for key, count in proxy.counts.items() if key != "forwarded")
 
     def _outage_begin(self, name: str) -> None:
         services = self.services
@@ -424,6 +434,7 @@ def run_chaos(config: ChaosConfig, workdir: Path | None = None) -> dict:
     """Run the whole thing; returns the summary (``violations`` empty on a pass)."""
     own_dir = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="triage-chaos-"))
+    workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o755)  # noqa: S103 - the postgres user must reach its cluster inside
     run = Run(config, workdir, random.Random(config.seed))
     summary: dict = {"config": {**asdict(config), "json_path": str(config.json_path)}, "workdir": str(workdir)}
@@ -454,12 +465,18 @@ def _proxy_counts(services: Services | None) -> dict:
     return {"pacs": dict(services.pacs_proxy.counts), "emr": dict(services.emr_proxy.counts)}
 
 
+def _outage_text(outage: dict) -> str:
+    met = outage.get("requests_met")
+    text = f"{outage['kind']} {outage['start']}–{outage['end']} s"
+    return text if met is None else f"{text} ({met} requests met)"
+
+
 def print_table(summary: dict) -> None:
     rows = [
         ("studies sent / notified", f"{summary['studies']['sent']} / {summary['studies']['notified']}"),
         ("SIGKILLs", f"{len(summary['kills'])}: {dict(Counter(k['program'] for k in summary['kills']))}"),
         ("slowest restart after a kill (s)", max((k["back_after_s"] or 0 for k in summary["kills"]), default=0)),
-        ("outages", ", ".join(f"{o['kind']} {o['start']}–{o['end']} s" for o in summary["outages"])),
+        ("outages", ", ".join(_outage_text(o) for o in summary["outages"])),
         ("durations (s)", summary.get("durations_s")),
         ("upload → worklist (s)", summary.get("latency_s")),
         ("EMR", summary.get("fhir")),
