@@ -82,6 +82,7 @@ _READ_ERRORS = (
     OverflowError,
     TypeError,
     AttributeError,
+    NotImplementedError,  # pydicom: an unknown VR in a raw element
     struct.error,
     BytesLengthException,
 )
@@ -160,7 +161,12 @@ def read_dataset(data: bytes | bytearray | memoryview | str | os.PathLike[str]) 
         raise VolumeError("corrupt_file", f"The file could not be read as DICOM ({type(err).__name__}).") from err
     if len(ds) == 0:
         raise VolumeError("corrupt_file", "The file holds no data set after its file meta information.")
-    _check_ends_on_an_element(ds, len(raw))
+    try:
+        _check_ends_on_an_element(ds, len(raw))
+        for _ in ds.iterall():  # converts every raw element now, so a malformed one is refused here with a code
+            pass
+    except _READ_ERRORS as err:
+        raise VolumeError("corrupt_file", f"The file has a malformed element ({type(err).__name__}).") from err
     validate_instance(ds, label="the file")
     return ds
 
@@ -583,7 +589,7 @@ def _decode_frame(frame: _Frame) -> np.ndarray:
     syntax = frame.ds.file_meta.TransferSyntaxUID
     try:
         pixels, _ = get_decoder(syntax).as_array(frame.ds, index=frame.frame)
-    except (ValueError, RuntimeError, NotImplementedError, EOFError, KeyError, IndexError) as err:
+    except (RuntimeError, IndexError, *_READ_ERRORS) as err:  # the decoder refuses a header it cannot follow
         raise VolumeError(
             "corrupt_file", f"The pixel data of {frame.label} could not be decoded ({type(err).__name__})."
         ) from err
