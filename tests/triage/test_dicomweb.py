@@ -84,14 +84,14 @@ def test_retrieval_returns_the_stored_transfer_syntax(study, proxy, proxied_sour
 
 
 def test_bearer_token_comes_from_the_named_environment_variable(monkeypatch):
-    monkeypatch.setenv("PACS_TOKEN", "s3cret")
-    source = DicomWebSource(name="t", url="http://127.0.0.1:9", token_env="PACS_TOKEN")
+    monkeypatch.setenv("TRIAGE_PACS_TOKEN", "s3cret")
+    source = DicomWebSource(name="t", url="http://127.0.0.1:9", token_env="TRIAGE_PACS_TOKEN")
 
     assert session_for_source(source).headers["Authorization"] == "Bearer s3cret"
 
 
 def test_basic_credentials_come_from_the_named_environment_variable(monkeypatch):
-    monkeypatch.setenv("PACS_PASSWORD", "pw")
-    source = DicomWebSource(name="b", url="http://127.0.0.1:9", username="triage", password_env="PACS_PASSWORD")
+    monkeypatch.setenv("TRIAGE_PACS_PASSWORD", "pw")
+    source = DicomWebSource(name="b", url="http://127.0.0.1:9", username="triage", password_env="TRIAGE_PACS_PASSWORD")
 
     assert session_for_source(source).auth == ("triage", "pw")

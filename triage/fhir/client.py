@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from triage.core.env import env_str
 from triage.core.exceptions import TriageError
+from triage.core.validators import secret_env_problem, url_problem
 from triage.models import FhirAuth, FhirEndpoint
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,10 @@ _sessions_lock = threading.Lock()
 
 def _secret(endpoint: FhirEndpoint) -> str:
     name = endpoint.secret_env or ("TRIAGE_FHIR_TOKEN" if endpoint.name == "default" else "")
+    problem = secret_env_problem(name)
+    if problem:
+        # Checked here too: a row written past the model validator must not send the database password away.
+        raise FhirAuthError(f"Endpoint {endpoint.name!r}: {problem}", retryable=False)
     value = env_str(name) if name else None
     if not value:
         raise FhirAuthError(
@@ -146,6 +151,9 @@ def smart_access_token(endpoint: FhirEndpoint) -> str:
 def _smart_token_request(endpoint: FhirEndpoint) -> _CachedToken:
     if not endpoint.token_url or not endpoint.client_id:
         raise FhirAuthError(f"Endpoint {endpoint.name!r} needs a token URL and a client id", retryable=False)
+    problem = url_problem(endpoint.token_url)
+    if problem:
+        raise FhirAuthError(f"Endpoint {endpoint.name!r}: token URL: {problem}", retryable=False)
     form = {
         "grant_type": "client_credentials",
         "scope": endpoint.scope,
@@ -178,6 +186,9 @@ def fhir_request(
     endpoint: FhirEndpoint, method: str, path: str, *, json_body: Any = None, params: dict | None = None
 ) -> requests.Response:
     """One request to the endpoint with its auth, timeout and TLS policy. Raises requests/FhirAuth errors."""
+    problem = url_problem(endpoint.base_url) if endpoint.base_url else "No base URL."
+    if problem:
+        raise FhirAuthError(f"Endpoint {endpoint.name!r}: {problem}", retryable=False)
     url = f"{endpoint.base_url.rstrip('/')}/{path.lstrip('/')}" if path else endpoint.base_url.rstrip("/")
     return session_for(endpoint).request(
         method,

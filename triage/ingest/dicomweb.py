@@ -8,7 +8,6 @@ identifiers, and headers carry credentials.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,9 @@ from dicomweb_client.protocol import DICOMClient
 from django.conf import settings
 from pydicom import Dataset
 
+from triage.core.env import env_str
 from triage.core.exceptions import PacsError, TriageError
+from triage.core.validators import secret_env_problem, url_problem
 from triage.models import DicomWebSource
 
 logger = logging.getLogger(__name__)
@@ -97,19 +98,38 @@ def _pacs_call(call: Callable[[], T], *, what: str, policy: RetryPolicy) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+class PacsConfigError(TriageError):
+    """A source names a secret outside the allow-list or an address that is not http(s): refused before any call."""
+
+    code = "pacs_config"
+    status = 500
+
+
+def _source_secret(source: DicomWebSource, name: str) -> str | None:
+    """The secret in the environment variable ``name`` (or the file named by ``<name>_FILE``), if allowed."""
+    if not name:
+        return None
+    problem = secret_env_problem(name)
+    if problem:
+        raise PacsConfigError(f"Source {source.name!r}: {problem}")
+    return env_str(name)
+
+
 def session_for_source(source: DicomWebSource) -> requests.Session:
     """A session with the source's credentials, read from the environment variables it names."""
     session = requests.Session()
-    token = os.environ.get(source.token_env) if source.token_env else None
+    token = _source_secret(source, source.token_env)
     if token:
         session.headers["Authorization"] = f"Bearer {token}"
     elif source.username:
-        password = os.environ.get(source.password_env, "") if source.password_env else ""
-        session.auth = (source.username, password)
+        session.auth = (source.username, _source_secret(source, source.password_env) or "")
     return session
 
 
 def client_for_source(source: DicomWebSource) -> DICOMClient:
+    problem = url_problem(source.url) if source.url else "No URL."
+    if problem:
+        raise PacsConfigError(f"Source {source.name!r}: {problem}")
     timeout = settings.TRIAGE_HTTP_TIMEOUT_SECONDS
     client = DICOMwebClient(
         url=source.url.rstrip("/"),

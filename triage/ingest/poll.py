@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -23,6 +24,8 @@ logger = logging.getLogger(__name__)
 STUDY_UID = "0020000D"
 LEGACY_PAGING = "offset_within_limit"
 DATE_FORMAT = "%Y%m%d"
+DICOM_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+MAX_UID_LENGTH = 64
 
 
 @dataclass
@@ -31,6 +34,7 @@ class PollReport:
     queued: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
     pages: int = 0
+    skipped_invalid: int = 0
     error: str = ""
 
 
@@ -67,16 +71,26 @@ def _date(text: str | None, default: dt.date) -> dt.date:
         return default
 
 
-def _uids(items: list[dict]) -> list[str]:
-    return [uid for uid in (json_value(item, STUDY_UID) for item in items) if uid]
+def uid_is_valid(uid: object) -> bool:
+    """A DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters; the API and URLs address nothing else."""
+    return isinstance(uid, str) and len(uid) <= MAX_UID_LENGTH and DICOM_UID.fullmatch(uid) is not None
+
+
+def _uids(items: list[dict], report: PollReport) -> list[str]:
+    found = [uid for uid in (json_value(item, STUDY_UID) for item in items) if uid]
+    valid = [uid for uid in found if uid_is_valid(uid)]
+    if len(valid) < len(found):
+        # The count only: a malformed UID may carry whatever the sender put in it.
+        logger.warning("skipped %d study(ies) whose StudyInstanceUID is not a valid DICOM UID", len(found) - len(valid))
+        report.skipped_invalid += len(found) - len(valid)
+    return valid
 
 
 def _queue_new(source: DicomWebSource, items: list[dict], report: PollReport) -> None:
-
-    uids = _uids(items)
+    uids = _uids(items, report)
     known = set(Study.objects.filter(study_instance_uid__in=uids).values_list("study_instance_uid", flat=True))
     for uid in uids:
-        if uid in known or len(uid) > 64:
+        if uid in known:
             continue
         study_request_triage(study_instance_uid=uid, source_name=source.name)
         known.add(uid)
@@ -87,7 +101,7 @@ def _queue_new(source: DicomWebSource, items: list[dict], report: PollReport) ->
 def _requeue_grown(items: list[dict], report: PollReport) -> None:
     """Queue again the finished studies that the PACS now holds more instances of than their job saw."""
     reported = {json_value(item, STUDY_UID): json_int(item, NUMBER_OF_STUDY_INSTANCES) for item in items}
-    counts: dict[str, int] = {uid: count for uid, count in reported.items() if uid and count}
+    counts: dict[str, int] = {uid: count for uid, count in reported.items() if uid_is_valid(uid) and count}
     finished = TriageJob.objects.filter(
         study__study_instance_uid__in=list(counts), state__in=FINAL_JOB_STATES, instance_count__isnull=False
     ).values_list("pk", "study__study_instance_uid", "instance_count")
@@ -123,13 +137,13 @@ def source_poll(*, source: DicomWebSource, pacs: Pacs | None = None) -> PollRepo
     """Find new CT studies on one source and queue each once. PACS failures are recorded on the source, not raised."""
     report = PollReport()
     cursor = dict(source.poll_cursor or {})
-    pager = Pager(
-        pacs or Pacs.for_source(source), settings.TRIAGE_POLL_PAGE_SIZE, cursor.get("paging") == LEGACY_PAGING
-    )
+    legacy = cursor.get("paging") == LEGACY_PAGING
     today = _today()
     watermark = _date(cursor.get("watermark"), today)
     recent_from = watermark - dt.timedelta(days=settings.TRIAGE_POLL_OVERLAP_DAYS)
+    pager: Pager | None = None
     try:
+        pager = Pager(pacs or Pacs.for_source(source), settings.TRIAGE_POLL_PAGE_SIZE, legacy)
         _scan_all(pager, source, {"ModalitiesInStudy": "CT", "StudyDate": f"{recent_from:%Y%m%d}-"}, report)
         cursor["watermark"] = f"{today:%Y%m%d}"
         oldest = today - dt.timedelta(days=settings.TRIAGE_POLL_LOOKBACK_DAYS)
@@ -139,7 +153,9 @@ def source_poll(*, source: DicomWebSource, pacs: Pacs | None = None) -> PollRepo
             cursor["sweep_offset"] = _sweep_page(pager, source, sweep, int(cursor.get("sweep_offset", 0)), report)
     except TriageError as err:
         report.error = err.message
-    cursor["paging"] = LEGACY_PAGING if pager.legacy else "standard"
+    if pager is not None:
+        legacy = pager.legacy
+    cursor["paging"] = LEGACY_PAGING if legacy else "standard"
     _source_save_poll(source=source, cursor=cursor, error=report.error)
     return report
 
