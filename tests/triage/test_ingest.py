@@ -229,3 +229,24 @@ def test_a_series_uid_reused_by_another_study_is_not_moved_to_it(orthanc, pacs_s
     assert TriageResult.objects.filter(study=first_job.study, is_current=True).count() == 1
     assert (second_job.state, second_job.error_code) == (JobState.DONE, "no_routable_series")
     assert not TriageResult.objects.filter(study=second_job.study).exists()
+
+
+def test_a_database_error_mid_job_leaves_it_to_its_lease_instead_of_failing_the_study(
+    orthanc, pacs_source, fake_models, monkeypatch
+):
+    from django.db import OperationalError
+
+    from tests.triage.ingest_helpers import FakeRunner
+
+    def database_gone(self, volume_hu, spacing_mm):
+        raise OperationalError("the database restarted")
+
+    monkeypatch.setattr(FakeRunner, "run", database_gone)
+    job = queue(upload_study(orthanc, StudySpec()))
+
+    outcome = job_process(job_id=job.pk, worker_id="test-worker")
+
+    job.refresh_from_db()
+    assert outcome is None
+    assert job.state not in (JobState.FAILED, JobState.DONE)
+    assert (job.lease_owner, job.error_code) == ("test-worker", "")

@@ -308,7 +308,7 @@ def job_retry_by_admin(*, job_id: int, actor: User) -> bool:
 
 
 def job_enqueue_on_commit(*, job_id: int, run_after: datetime | None = None, priority: int = ARRIVAL_PRIORITY) -> None:
-    transaction.on_commit(lambda: job_enqueue(job_id=job_id, run_after=run_after, priority=priority))
+    transaction.on_commit(lambda: job_enqueue(job_id=job_id, run_after=run_after, priority=priority), robust=True)
 
 
 def job_enqueue(*, job_id: int, run_after: datetime | None = None, priority: int = ARRIVAL_PRIORITY) -> str:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from triage.core.audit import audit_record
@@ -97,6 +97,12 @@ def job_process(*, job_id: int, worker_id: str | None = None) -> str | None:
         )
     except StudyUnsettled as err:
         return _job_wait_after_change(job, worker_id, timings, err)
+    except DatabaseError as err:
+        # The database went away mid-job: not the study's fault. The lease expires and the sweeper queues it again.
+        logger.warning(
+            "job %s: stopped by a database error (%s); it is retried after its lease", job_id, type(err).__name__
+        )
+        return None
     except Exception as err:  # noqa: BLE001 - the worker's loop boundary: record, never crash, never log patient data
         logger.error("job %s failed with an unexpected %s", job_id, type(err).__name__)
         jobs.job_finish(
@@ -313,7 +319,7 @@ def series_triage(
 
     jobs.job_lease_renew(job=job, worker_id=worker_id, state=JobState.FETCHING)
     try:
-        with stage(timings, "model"):
+        with stage(timings, "model"), jobs.lease_kept(job=job, worker_id=worker_id):
             runner = model_runner(finding=series.routed_model)
     except ModelUnavailable as err:
         outcome.unavailable.append(err)
@@ -338,7 +344,7 @@ def series_triage(
     jobs.job_lease_renew(job=job, worker_id=worker_id, state=JobState.INFERRING)
     with stage(timings, "infer"), jobs.lease_kept(job=job, worker_id=worker_id):
         output = runner_infer(runner=runner, volume=volume, source=job.study.source)
-    with stage(timings, "key_image"):
+    with stage(timings, "key_image"), jobs.lease_kept(job=job, worker_id=worker_id):
         png = key_image(volume=volume, output=output)
     outcome.outputs.append((series, output, png))
 
