@@ -101,6 +101,11 @@ def store(orthanc: OrthancServer, studies: list[tuple[str, list[bytes]]]) -> Non
         list(pool.map(post, [blob for _, blobs in studies for blob in blobs]))
 
 
+def healthy_in_a_row(url: str, times: int = 20) -> bool:
+    """Both web nodes are up once nginx answers many times in a row (it alternates between them)."""
+    return all(requests.get(f"{url}/healthz", timeout=5).ok for _ in range(times))
+
+
 def session_cookie(url: str, username: str) -> str:
     session = requests.Session()
     page = session.get(f"{url}/accounts/login/", timeout=30)
@@ -128,10 +133,26 @@ class Listeners:
         headers = {"Cookie": f"sessionid={self.cookie}", "Origin": self.url}
         ws_url = self.url.replace("http", "ws", 1) + "/ws/worklist/"
         sockets = []
-        for _ in range(CLIENTS):
-            sockets.append(await connect(ws_url, additional_headers=headers, open_timeout=60, max_queue=None))
-        self.connected.set()
+        try:
+            for _ in range(CLIENTS):
+                sockets.append(await self._connect(connect, ws_url, headers))
+        except Exception as err:  # noqa: BLE001 - reported to the main thread, which stops the run
+            self.errors.append(f"connect: {type(err).__name__}: {err}")
+            return
+        finally:
+            self.connected.set()
         await asyncio.gather(*(self._listen(i, ws) for i, ws in enumerate(sockets)))
+
+    async def _connect(self, connect, ws_url: str, headers: dict[str, str]):
+        """A node that nginx has just seen fail answers 502 for a few seconds: try again, as the page does."""
+        for attempt in range(10):
+            try:
+                return await connect(ws_url, additional_headers=headers, open_timeout=60, max_queue=None)
+            except Exception:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(1.0)
+        return None
 
     async def _listen(self, index: int, ws) -> None:
         try:
@@ -231,7 +252,12 @@ def services(directory: Path) -> Iterator[tuple[PostgresCluster, RedisServer, Or
                 service.stop()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # so that SIGTERM, like Ctrl-C, stops every host and service on the way out
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory(prefix="triage-scale-") as tmp:
         directory = Path(tmp)
         os.chmod(directory, 0o755)  # noqa: S103 - the postgres user must reach its cluster inside
@@ -268,9 +294,11 @@ def run(directory: Path, pg, redis, orthanc, fhir) -> int:
     listeners = None
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: requests.get(f"{url}/healthz", timeout=2).ok, timeout=180, what="the web nodes")
+        wait_until(lambda: healthy_in_a_row(url), timeout=300, what="the web nodes", interval=1.0)
         listeners = Listeners(url, session_cookie(url, "scale"))
-        listeners.connected.wait(timeout=300)
+        listeners.connected.wait(timeout=600)
+        if listeners.errors:
+            raise RuntimeError(f"WebSocket clients: {listeners.errors[0]}")
         log(f"{CLIENTS} WebSocket clients connected through nginx")
         report = {"cpus": cpus, "studies": STUDIES, "clients": CLIENTS, "slices": SLICES, "size": SIZE, "phases": []}
         shares = [STUDIES // len(PHASES) + (1 if i < STUDIES % len(PHASES) else 0) for i in range(len(PHASES))]
