@@ -478,3 +478,43 @@ class ModelAlert(models.Model):
     @property
     def flag_rate(self) -> float:
         return self.flagged / self.window if self.window else 0.0
+
+class DateOption(models.TextChoices):
+    """PS3.15 Annex E options for dates in a validation export; the admin picks one explicitly."""
+
+    MODIFIED = "modified", "Retain Longitudinal Temporal Information with Modified Dates"
+    FULL = "full", "Retain Longitudinal Temporal Information Full Dates"
+
+
+class ExportState(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class ValidationExport(models.Model):
+    """A de-identified (or, on purpose, identified) validation set: selected studies as a zip of DICOM and labels."""
+
+    requested_by = models.ForeignKey(User, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    filters = models.JSONField(default=dict, blank=True, help_text="The selection: dates, finding, label, AI result")
+    date_option = models.CharField(max_length=16, choices=DateOption.choices)
+    identified = models.BooleanField(default=False, help_text="Keeps patient names and IDs; needs a reason")
+    reason = models.TextField(blank=True, help_text="Why identified data was exported")
+    state = models.CharField(max_length=16, choices=ExportState.choices, default=ExportState.QUEUED)
+    progress_done = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    file_path = models.CharField(max_length=500, blank=True, help_text="Relative to TRIAGE_EXPORT_DIR")
+    counts = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=~models.Q(identified=True, reason=""), name="identified_export_has_reason")
+        ]
+
+    def __str__(self) -> str:
+        return f"export {self.pk} ({self.state})"

@@ -121,7 +121,9 @@ if _redis_url:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default", "ingest", "outbox"]}}
+TASKS = {
+    "default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default", "ingest", "outbox", "exports"]}
+}
 
 # The admin role carries all model permissions (triage/auth.py).
 AUTHENTICATION_BACKENDS = ["triage.auth.RoleBackend"]
@@ -188,6 +190,8 @@ TRIAGE_POLL_SECONDS = env_float("TRIAGE_POLL_SECONDS", 10.0, minimum=0.1)
 # Operational knobs with safe defaults (README lists them).
 TRIAGE_MAX_SERIES_BYTES = env_int("TRIAGE_MAX_SERIES_BYTES", 1_500_000_000, minimum=1)
 TRIAGE_MAX_SERIES_INSTANCES = env_int("TRIAGE_MAX_SERIES_INSTANCES", 2000, minimum=1)
+# Validation exports (docs/validation-export.md): zips of de-identified studies, never served as static files.
+TRIAGE_EXPORT_DIR = Path(env_str("TRIAGE_EXPORT_DIR", str(BASE_DIR / ".run" / "exports")) or "")
 TRIAGE_JOB_LEASE_SECONDS = env_int("TRIAGE_JOB_LEASE_SECONDS", 120, minimum=1)
 TRIAGE_JOB_MAX_ATTEMPTS = env_int("TRIAGE_JOB_MAX_ATTEMPTS", 6, minimum=1)
 TRIAGE_HTTP_TIMEOUT_SECONDS = env_float("TRIAGE_HTTP_TIMEOUT_SECONDS", 30.0, minimum=0.1)

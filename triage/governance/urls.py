@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from triage.governance import console, turnaround_views
+from triage.governance import console, export_views, turnaround_views
 
 urlpatterns = [
     path("", console.console_index, name="console"),
@@ -15,5 +15,7 @@ urlpatterns = [
     path("monitoring/", console.monitoring_page, name="console-monitoring"),
     path("monitoring/<str:table>.csv", console.monitoring_csv, name="console-monitoring-csv"),
     path("turnaround/", turnaround_views.turnaround_page, name="console-turnaround"),
+    path("exports/", export_views.exports_page, name="console-exports"),
+    path("exports/<int:pk>/download/", export_views.export_download, name="console-export-download"),
     path("turnaround/<str:table>.csv", turnaround_views.turnaround_csv, name="console-turnaround-csv"),
 ]
