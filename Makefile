@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := orthanc orthanc-dicomweb redis-server chromium postgresql nginx
+APT_PACKAGES := orthanc orthanc-dicomweb orthanc-webviewer redis-server chromium postgresql nginx
 
 .PHONY: demo test run bench chaos lint format system-deps fhir-server venv clean scale
 

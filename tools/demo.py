@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.orthanc import OrthancServer, notify_script
+from tools.orthanc import WEBVIEWER_PLUGIN, OrthancServer, notify_script
 from tools.procs import free_port, port_open
 from tools.run import ROOT, RunRefused, event_path, process_table, supervise
 
@@ -164,8 +164,14 @@ def main() -> int:
         notify_url=f"http://127.0.0.1:{port}/api/v1/studies/notify/",
         token=pacs_token,
     )
+    # The Orthanc Web Viewer (Debian orthanc-webviewer) behind the worklist's "open in viewer" (docs/viewer.md).
+    viewer = Path(WEBVIEWER_PLUGIN).exists()
     orthanc = OrthancServer(
-        RUN_DIR / "orthanc", port=8042 if not port_open(8042) else free_port(), stable_age=2, lua_scripts=[hook]
+        RUN_DIR / "orthanc",
+        port=8042 if not port_open(8042) else free_port(),
+        stable_age=2,
+        lua_scripts=[hook],
+        plugins=[WEBVIEWER_PLUGIN] if viewer else [],
     ).start()
     fhir = start_fhir_server(RUN_DIR / "fhir")
     env = {
@@ -178,6 +184,9 @@ def main() -> int:
         "TRIAGE_STUDY_SETTLE_SECONDS": os.environ.get("TRIAGE_STUDY_SETTLE_SECONDS", "3"),
         "TRIAGE_HTTP_PORT": str(port),
     }
+    if viewer:
+        # triage/viewer.py finds the study's key series in the PACS and redirects to the viewer on it.
+        env.setdefault("TRIAGE_VIEWER_URL", "/viewer/{study_instance_uid}/")
     env.pop("DATABASE_URL", None)
     env, redis_port = event_path(env)
     programs = process_table(port, env, redis_port=redis_port)
@@ -206,6 +215,7 @@ def print_banner(port: int, passwords: dict[str, str], orthanc: OrthancServer, f
         f"  radiologist: demo-radiologist / {passwords['demo-radiologist']}",
         f"  admin:       demo-admin / {passwords['demo-admin']}   (admin pages: /admin/ and /console/)",
         f"  PACS (Orthanc, DICOMweb): {orthanc.dicomweb_url}",
+        f"  Viewer: {'Orthanc Web Viewer, from each study on the worklist' if orthanc.plugins else 'none'}",
         f"  EMR (FHIR): {getattr(fhir, 'base_url', 'none')}",
         f"  Ground truth of the demo studies, to import on /console/: {GROUND_TRUTH_CSV}",
         "  Synthetic studies arrive over the next few minutes. Models are trained on synthetic data: advisory only.",

@@ -12,6 +12,8 @@ import requests
 from tools.procs import free_port, wait_until
 
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+# Debian package orthanc-webviewer: serves /web-viewer/app/viewer.html?series=<Orthanc series ID>.
+WEBVIEWER_PLUGIN = "/usr/share/orthanc/plugins/libOrthancWebViewer.so"
 NOTIFY_LUA = Path(__file__).resolve().parent.parent / "deploy" / "orthanc" / "triage-notify.lua"
 
 
@@ -30,6 +32,8 @@ class OrthancServer:
     port: int = 0
     stable_age: int = 2
     lua_scripts: list[Path] = field(default_factory=list)
+    # Plugins beside DICOMweb, e.g. [WEBVIEWER_PLUGIN]; each must exist, or Orthanc would start without it.
+    plugins: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = None
 
     @property
@@ -41,6 +45,9 @@ class OrthancServer:
         return f"{self.url}/dicom-web"
 
     def start(self) -> OrthancServer:
+        for plugin in self.plugins:
+            if not Path(plugin).exists():
+                raise FileNotFoundError(f"Orthanc plugin {plugin} is not installed")
         if not self.port:
             self.port = free_port()
         storage = self.directory / "storage"
@@ -50,7 +57,7 @@ class OrthancServer:
             "Name": "TRIAGE-TEST-PACS",
             "StorageDirectory": str(storage),
             "IndexDirectory": str(storage),
-            "Plugins": [DICOMWEB_PLUGIN],
+            "Plugins": [DICOMWEB_PLUGIN, *self.plugins],
             "HttpPort": self.port,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
@@ -60,6 +67,8 @@ class OrthancServer:
             "LuaScripts": [str(p) for p in self.lua_scripts],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
         }
+        if WEBVIEWER_PLUGIN in self.plugins:
+            config["WebViewer"] = {"CachePath": str(self.directory / "webviewer-cache")}
         config_path = self.directory / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
         self.process = subprocess.Popen(

@@ -5,7 +5,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView
 
-from triage import api, views
+from triage import api, viewer, views
 
 api_v1: list[URLPattern | URLResolver] = [
     path("auth/token/", api.TokenCreateApi.as_view(), name="api-token"),
@@ -22,5 +22,6 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", include(api_v1)),
     path("console/", include("triage.governance.urls")),
+    path("viewer/<str:study_instance_uid>/", viewer.viewer_open, name="viewer-open"),
     path("", include("worklist.urls")),
 ]

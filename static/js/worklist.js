@@ -14,7 +14,7 @@
     selectedId: null,
     openedId: null,
     detail: null,
-    filters: { status: "open", finding: "", modality: "", mine: false },
+    filters: { status: "open", finding: "", modality: "", department: "", mine: false },
     socket: null,
     open: false,
     everOpened: false,
@@ -25,6 +25,8 @@
     retry: 0,
     loading: null,
     sound: localStorage.getItem("worklist.sound") !== "off",
+    // Desktop alerts are opt-in: off until the user turns them on (which asks the browser's permission once).
+    notify: localStorage.getItem("worklist.notify") === "on",
     audio: null,
     alerted: new Set(),
   };
@@ -96,6 +98,29 @@
     return `${base} ${f.positive ? "pos" : "neg"}${f.in_validated_range === false ? " unvalidated" : ""}`;
   }
 
+  // Patient and order context from the DICOM headers; absent on older servers, so every part is optional.
+  function ageSex(item) {
+    const age = item.patient_age === null || item.patient_age === undefined ? "" : String(item.patient_age);
+    return [age, item.patient_sex || ""].filter(Boolean).join(" ");
+  }
+
+  function patientLine(item) {
+    return [item.patient_id && `MRN ${item.patient_id}`, ageSex(item)].filter(Boolean).join(" · ");
+  }
+
+  function studyWhen(item) {
+    if (!item.study_datetime) return "";
+    const when = new Date(item.study_datetime);
+    const sameDay = when.toDateString() === new Date().toDateString();
+    const time = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    return sameDay ? time : `${when.toLocaleDateString([], { day: "numeric", month: "short" })} ${time}`;
+  }
+
+  function orderLine(item) {
+    const place = item.department || item.institution || "";
+    return [place, item.referring_physician && `ref. ${item.referring_physician}`].filter(Boolean).join(" · ");
+  }
+
   function starving(item) {
     return item.status === "waiting" && Date.now() > Date.parse(item.starving_at);
   }
@@ -116,6 +141,7 @@
     if (!statuses.includes(item.status)) return false;
     if (f.finding && !item.findings.some((x) => x.finding === f.finding && x.positive)) return false;
     if (f.modality && !item.modality.toUpperCase().includes(f.modality.toUpperCase())) return false;
+    if (f.department && (item.department || "").toLowerCase() !== f.department.toLowerCase()) return false;
     if (f.mine && item.claimed_by !== config.username) return false;
     return true;
   }
@@ -131,6 +157,7 @@
     const params = new URLSearchParams({ status: f.status, limit: config.page_size });
     if (f.finding) params.set("finding", f.finding);
     if (f.modality) params.set("modality", f.modality);
+    if (f.department) params.set("department", f.department);
     if (f.mine) params.set("claimed_by", "me");
     return `worklist/?${params}`;
   }
@@ -278,6 +305,48 @@
     void alert.offsetWidth; // restart the animation
     alert.classList.add("flash");
     beep();
+    if (!escalated) notifyDesktop(item);
+  }
+
+  // Only while the page is in the background: in front, the banner and the sound already say it. The text names
+  // the finding and the study, never the patient: desktop notifications show on lock screens and in shared rooms.
+  function notifyDesktop(item) {
+    if (!state.notify || !document.hidden || !("Notification" in window)) return;
+    if (window.Notification.permission !== "granted") return;
+    const findings = item.findings.filter((f) => f.positive).map((f) => LABELS[f.finding] || f.finding.toUpperCase());
+    const note = new window.Notification("New critical study — AI advisory", {
+      body: `Suspected ${findings.join(", ")} · rank ${item.rank} · ${item.study_description || item.accession_number}`,
+      tag: `worklist-critical-${item.id}`,
+    });
+    note.onclick = () => {
+      window.focus();
+      select(item.id, true);
+      note.close();
+    };
+  }
+
+  async function setNotify(on) {
+    const supported = "Notification" in window;
+    if (on && supported && window.Notification.permission === "default") {
+      on = (await window.Notification.requestPermission()) === "granted";
+    }
+    if (on && (!supported || window.Notification.permission !== "granted")) {
+      toast("Desktop alerts are blocked for this site in the browser's settings.");
+      on = false;
+    }
+    state.notify = on;
+    localStorage.setItem("worklist.notify", on ? "on" : "off");
+    showNotify();
+  }
+
+  function showNotify() {
+    const button = $("notify-toggle");
+    const supported = "Notification" in window;
+    const on = state.notify && supported && window.Notification.permission === "granted";
+    button.textContent = on ? "Desktop alerts on" : "Desktop alerts off";
+    button.setAttribute("aria-pressed", String(on));
+    button.disabled = !supported;
+    if (!supported) button.title = "This browser has no desktop notifications";
   }
 
   function beep() {
@@ -333,6 +402,7 @@
   // ---- rendering -------------------------------------------------------------------------------------------
   function render() {
     const rows = state.order.map(renderRow);
+    rememberDepartments();
     $("rows").replaceChildren(...rows);
     $("empty").hidden = rows.length > 0;
     if (state.selectedId === null && state.order.length) state.selectedId = state.order[0].id;
@@ -365,6 +435,12 @@
       },
       el("td", { class: "rank", text: String(item.rank) }),
       el("td", {}, el("span", { class: `prio prio-${item.priority}`, text: item.priority.toUpperCase() }), ...badges),
+      el(
+        "td",
+        { class: "patient" },
+        el("div", { class: "pname", text: item.patient_name || "—" }),
+        el("div", { class: "muted small", text: patientLine(item) })
+      ),
       el("td", {}, ...findings),
       el(
         "td",
@@ -382,13 +458,22 @@
       ),
       el(
         "td",
-        {},
+        { class: "study" },
         el("div", { text: item.study_description || "—" }),
-        el("div", { class: "muted small", text: `${item.modality} · Acc ${item.accession_number || "—"}` })
+        el("div", { class: "muted small", text: [item.modality, `Acc ${item.accession_number || "—"}`, studyWhen(item)].filter(Boolean).join(" · ") }),
+        orderLine(item) && el("div", { class: "muted small order", text: orderLine(item) })
       ),
       el("td", { class: item.starving ? "waiting starving" : "waiting", text: waited(item) }),
       el("td", { class: "status", text: status })
     );
+  }
+
+  const departments = new Set();
+  function rememberDepartments() {
+    const before = departments.size;
+    for (const item of state.order) if (item.department) departments.add(item.department);
+    if (departments.size === before) return;
+    $("departments").replaceChildren(...[...departments].sort().map((name) => el("option", { value: name })));
   }
 
   function highlight() {
@@ -490,15 +575,19 @@
     const series = detail
       ? el("ul", { class: "series small" }, ...detail.series.map((s) => el("li", { text: `${s.modality} ${s.description || ""} · ${s.instance_count ?? "?"} images${s.routed_model ? ` → ${s.routed_model.toUpperCase()}` : ""}` })))
       : el("p", { class: "muted small", text: "Enter opens the study (series, your feedback)." });
-    panel.replaceChildren(
+    const parts = [
       el("h2", { text: `#${item.rank} ${item.study_description || "Study"}` }),
-      el("p", { class: "muted small", text: `Acc ${item.accession_number || "—"} · received ${new Date(item.received_at).toLocaleTimeString()} · waiting ${waited(item)}` }),
+      (item.patient_name || item.patient_id) &&
+        el("p", { class: "dpatient" }, el("strong", { text: item.patient_name || "—" }), el("span", { class: "muted", text: ` ${patientLine(item)}` })),
+      el("p", { class: "muted small", text: [`Acc ${item.accession_number || "—"}`, item.study_datetime && `acquired ${studyWhen(item)}`, `received ${new Date(item.received_at).toLocaleTimeString()}`, `waiting ${waited(item)}`].filter(Boolean).join(" · ") }),
+      orderLine(item) && el("p", { class: "muted small", text: [item.department, item.institution, item.referring_physician && `referred by ${item.referring_physician}`].filter(Boolean).join(" · ") }),
       actions,
       el("label", { class: "small" }, "Priority ", pin),
       el("p", { class: "advisory", text: "AI findings are advisory: they order the list, they are not a diagnosis." }),
       ...(findings.length ? findings : [el("p", { class: "muted", text: "No AI result yet." })]),
-      series
-    );
+      series,
+    ];
+    panel.replaceChildren(...parts.filter(Boolean));
   }
 
   // ---- actions ---------------------------------------------------------------------------------------------
@@ -598,6 +687,8 @@
   function start() {
     setSound(state.sound);
     $("sound-toggle").addEventListener("click", () => setSound(!state.sound));
+    showNotify();
+    $("notify-toggle").addEventListener("click", () => setNotify(!state.notify));
     document.addEventListener("keydown", onKey);
     bindFilters();
     const wanted = Number(new URLSearchParams(location.search).get("item"));
