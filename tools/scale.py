@@ -67,6 +67,13 @@ class Host:
                 start_new_session=True,
             )  # fmt: skip
 
+    def running(self) -> bool:
+        """True while it runs; a host that exited (refused to start) stops the run with its log's last line."""
+        if self.process.poll() is None:
+            return True
+        last = self.log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
+        raise RuntimeError(f"{self.name} exited with {self.process.returncode}: {last[0]}")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -294,7 +301,7 @@ def run(directory: Path, pg, redis, orthanc, fhir) -> int:
     listeners = None
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: healthy_in_a_row(url), timeout=300, what="the web nodes", interval=1.0)
+        wait_until(lambda: hosts[0].running() and healthy_in_a_row(url), timeout=300, what="web nodes", interval=1.0)
         listeners = Listeners(url, session_cookie(url, "scale"))
         listeners.connected.wait(timeout=600)
         if listeners.errors:
