@@ -117,7 +117,6 @@ def create_users(env: dict[str, str], pacs_token: str) -> dict[str, str]:
     passwords = {"demo-admin": secrets.token_urlsafe(9), "demo-radiologist": secrets.token_urlsafe(9)}
     script = (
         "from triage.models import User\n"
-        "from rest_framework.authtoken.models import Token\n"
         "import os\n"
         "for name, role in (('demo-admin', 'admin'), ('demo-radiologist', 'radiologist')):\n"
         "    user, _ = User.objects.get_or_create(username=name)\n"
@@ -129,8 +128,6 @@ def create_users(env: dict[str, str], pacs_token: str) -> dict[str, str]:
         "pacs, _ = User.objects.get_or_create(username='demo-pacs-hook')\n"
         "pacs.set_unusable_password()\n"
         "pacs.save()\n"
-        "Token.objects.filter(user=pacs).delete()\n"
-        "Token.objects.create(user=pacs, key=os.environ['DEMO_PACS_TOKEN'])\n"
     )
     user_env = {
         **env,
@@ -141,6 +138,9 @@ def create_users(env: dict[str, str], pacs_token: str) -> dict[str, str]:
     subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), "shell", "-v", "0", "-c", script], check=True, cwd=ROOT, env=user_env
     )
+    # The hook's token was written into Orthanc's Lua script before the app started; the app keeps its digest.
+    token_command = ["triage_token_create", "--user", "demo-pacs-hook", "--from-env", "DEMO_PACS_TOKEN"]
+    subprocess.run([sys.executable, str(ROOT / "manage.py"), *token_command], check=True, cwd=ROOT, env=user_env)
     return passwords
 
 
@@ -179,6 +179,7 @@ def main() -> int:
         "TRIAGE_DEBUG": "1",
         "TRIAGE_SQLITE_PATH": str(RUN_DIR / "demo.sqlite3"),
         "TRIAGE_DICOMWEB_URL": orthanc.dicomweb_url,
+        "TRIAGE_PACS_WRITE_BACK": "1",
         "TRIAGE_POLL_SECONDS": "2",
         # Studies arrive instance by instance; a short settle time keeps the demo quick.
         "TRIAGE_STUDY_SETTLE_SECONDS": os.environ.get("TRIAGE_STUDY_SETTLE_SECONDS", "3"),

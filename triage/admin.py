@@ -11,6 +11,7 @@ from django.contrib.auth.admin import UserAdmin
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models as db_models
 from django.http import HttpRequest, HttpResponse
+from knox.models import AuthToken
 
 from inference.modelcard import sha256_file
 from triage import models
@@ -20,6 +21,7 @@ from triage.core.permissions import request_user
 from triage.fhir.outbox import outbox_requeue
 from triage.governance import services as governance_services
 from triage.ingest.jobs import job_retry_by_admin
+from triage.writeback.outbox import writeback_requeue
 
 # Values of these fields never reach the audit trail; only the fact that they changed does.
 REDACTED_FIELD_SUFFIXES = ("password", "secret", "token", "private_key")
@@ -49,6 +51,15 @@ def _audit_diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, dict[str,
             before, after = "(redacted)", "(changed)"
         changes[name] = {"old": before, "new": after}
     return changes
+
+
+class ClinicalRecordAdmin(admin.ModelAdmin):
+    """Clinical rows are never deleted by hand: a study's results feed its worklist item and the reports already
+    sent to the EMR, and deleting them here would leave both stale with no audit row. Retraction and corrections
+    go through the pipeline's services (docs/security.md, "Admin")."""
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 class AuditedModelAdmin(admin.ModelAdmin):
@@ -162,6 +173,7 @@ class DicomWebSourceAdmin(AuditedModelAdmin):
 class SeriesInline(admin.TabularInline):
     model = models.Series
     extra = 0
+    can_delete = False
     fields = (
         "series_instance_uid",
         "modality",
@@ -175,7 +187,7 @@ class SeriesInline(admin.TabularInline):
 
 
 @admin.register(models.Study)
-class StudyAdmin(admin.ModelAdmin):
+class StudyAdmin(ClinicalRecordAdmin):
     """Read only: studies change through the pipeline's services, never by hand."""
 
     list_display = ("study_instance_uid", "accession_number", "study_description", "received_at")
@@ -276,7 +288,7 @@ class GroundTruthAdmin(AuditedModelAdmin):
 
 
 @admin.register(models.TriageJob)
-class TriageJobAdmin(admin.ModelAdmin):
+class TriageJobAdmin(ClinicalRecordAdmin):
     list_display = ("id", "study", "state", "attempts", "error_code", "created_at", "finished_at")
     list_filter = ("state", "error_code")
     readonly_fields = [f.name for f in models.TriageJob._meta.fields]
@@ -292,7 +304,7 @@ class TriageJobAdmin(admin.ModelAdmin):
 
 
 @admin.register(models.TriageResult)
-class TriageResultAdmin(admin.ModelAdmin):
+class TriageResultAdmin(ClinicalRecordAdmin):
     """Read only: results change through the pipeline and model_threshold_set, never by hand."""
 
     list_display = ("study", "finding", "model_name", "model_version", "score", "threshold", "positive")
@@ -324,7 +336,7 @@ class FhirEndpointAdmin(AuditedModelAdmin):
 
 
 @admin.register(models.OutboxMessage)
-class OutboxMessageAdmin(admin.ModelAdmin):
+class OutboxMessageAdmin(ClinicalRecordAdmin):
     list_display = (
         "id",
         "endpoint",
@@ -367,3 +379,61 @@ class OutboxMessageAdmin(admin.ModelAdmin):
         done = sum(outbox_requeue(message=m, actor=request_user(request)) for m in queryset)
         skipped = queryset.count() - done
         self.message_user(request, f"{done} requeued; {skipped} skipped (not dead, or a newer version exists).")
+
+
+@admin.register(models.WritebackMessage)
+class WritebackMessageAdmin(ClinicalRecordAdmin):
+    """Results stored back in the PACS (docs/dicom-sr.md): read only, with a requeue action for dead letters."""
+
+    list_display = (
+        "id",
+        "source",
+        "study",
+        "finding",
+        "version",
+        "retract",
+        "state",
+        "attempts",
+        "last_status_code",
+        "next_attempt_at",
+        "sent_at",
+    )
+    list_filter = ("state", "source", "finding", "retract")
+    search_fields = ("study__study_instance_uid", "sr_instance_uid")
+    list_select_related = ("source", "study")
+    actions = ["requeue"]
+    readonly_fields = [f.name for f in models.WritebackMessage._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.method in ("GET", "HEAD") and super().has_change_permission(request, obj)
+
+    @admin.action(description="Requeue dead letters", permissions=["view"])
+    def requeue(self, request: HttpRequest, queryset: Any) -> None:
+        done = sum(writeback_requeue(message=m, actor=request_user(request)) for m in queryset)
+        skipped = queryset.count() - done
+        self.message_user(request, f"{done} requeued; {skipped} skipped (not dead, or a newer version exists).")
+
+
+admin.site.unregister(AuthToken)
+
+
+@admin.register(AuthToken)
+class ApiTokenAdmin(AuditedModelAdmin):
+    """Who holds an API token and until when. Tokens are made by ``POST /api/v1/auth/token/`` or
+    ``manage.py triage_token_create``, never here; deleting one here revokes it, audited."""
+
+    list_display = ("user", "created", "expiry")
+    list_filter = ("user",)
+    fields = ("user", "created", "expiry")
+    readonly_fields = fields
+    # The digest is the primary key (never in the audit's values); the key prefix only helps to find a token.
+    audit_exclude = ("token_key",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.method in ("GET", "HEAD") and super().has_change_permission(request, obj)

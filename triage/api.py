@@ -3,27 +3,40 @@
 from __future__ import annotations
 
 from django.contrib.auth import authenticate
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
-from rest_framework.authtoken.models import Token
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from triage.core.exceptions import TriageError
 from triage.core.permissions import request_user
+from triage.core.services import token_create
 from triage.ingest import services
 
 
+class LoginLockedOut(TriageError):
+    code = "locked_out"
+    status = 429
+
+
 class TokenCreateApi(APIView):
+    """A new expiring API token per call (django-rest-knox keeps only its digest). Failed logins count towards the
+    same lockout as the login form (django-axes); requests are throttled per client address on top."""
+
     permission_classes = [AllowAny]
     authentication_classes: list = []
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "token"
 
+    @extend_schema_serializer(component_name="TokenCreateInput")
     class InputSerializer(serializers.Serializer):
         username = serializers.CharField()
         password = serializers.CharField(style={"input_type": "password"})
 
+    @extend_schema_serializer(component_name="TokenCreateOutput")
     class OutputSerializer(serializers.Serializer):
         token = serializers.CharField()
 
@@ -32,15 +45,17 @@ class TokenCreateApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         user = authenticate(request, **data.validated_data)
+        if user is None and getattr(request, "axes_locked_out", False):
+            raise LoginLockedOut("Too many failed logins: try again later.")
         if user is None:
             raise TriageError("Unknown username or wrong password.", code="invalid_credentials")
-        token, _ = Token.objects.get_or_create(user=user)
-        return Response({"token": token.key})
+        return Response({"token": token_create(user=user)})
 
 
 class StudyNotifyApi(APIView):
+    @extend_schema_serializer(component_name="StudyNotifyInput")
     class InputSerializer(serializers.Serializer):
-        study_instance_uid = serializers.RegexField(r"^[0-9.]{1,64}$")
+        study_instance_uid = serializers.RegexField(r"^[0-9]+(\.[0-9]+)*$", max_length=64)
         # The wire name is "source", which DRF's Field also uses for an attribute of its own.
         source = serializers.CharField(  # type: ignore[assignment]
             required=False, help_text="Source name; the default source if omitted"
@@ -51,6 +66,7 @@ class StudyNotifyApi(APIView):
             help_text="The sender vouches that the study is complete (e.g. Orthanc's OnStableStudy): no settle wait",
         )
 
+    @extend_schema_serializer(component_name="StudyNotifyOutput")
     class OutputSerializer(serializers.Serializer):
         study_instance_uid = serializers.CharField()
         job_state = serializers.CharField()

@@ -7,7 +7,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from triage.core.validators import validate_regex
+from triage.core.validators import validate_endpoint_url, validate_regex, validate_secret_env
 
 
 class Role(models.TextChoices):
@@ -67,15 +67,30 @@ class DicomWebSource(models.Model):
     """A PACS reached over DICOMweb. Secrets are named environment variables, never stored here."""
 
     name = models.CharField(max_length=64, unique=True)
-    url = models.URLField(max_length=500, help_text="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
+    url = models.URLField(
+        max_length=500,
+        validators=[validate_endpoint_url],
+        help_text="DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web",
+    )
     username = models.CharField(max_length=128, blank=True)
     password_env = models.CharField(
-        max_length=128, blank=True, help_text="Name of the environment variable that holds the password"
+        max_length=128,
+        blank=True,
+        validators=[validate_secret_env],
+        help_text="Name of the environment variable that holds the password (TRIAGE_…_PASSWORD)",
     )
     token_env = models.CharField(
-        max_length=128, blank=True, help_text="Name of the environment variable that holds a bearer token"
+        max_length=128,
+        blank=True,
+        validators=[validate_secret_env],
+        help_text="Name of the environment variable that holds a bearer token (TRIAGE_…_TOKEN)",
     )
     enabled = models.BooleanField(default=True)
+    write_back = models.BooleanField(
+        default=False,
+        help_text="Store AI results back in this PACS (DICOM SR + key image by STOW-RS); TRIAGE_PACS_WRITE_BACK for "
+        "the default source",
+    )
     poll_cursor = models.JSONField(default=dict, blank=True, help_text="Where incremental polling resumes")
     last_polled_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
@@ -103,6 +118,8 @@ class Study(models.Model):
         max_length=16, blank=True, help_text="Clinical urgency from the order or DICOM (STAT, HIGH, ROUTINE…)"
     )
     institution = models.CharField(max_length=128, blank=True)
+    department = models.CharField(max_length=128, blank=True, help_text="Institutional Department Name (0008,1040)")
+    referring_physician = models.CharField(max_length=200, blank=True, help_text="Referring Physician's Name")
     manufacturer = models.CharField(max_length=64, blank=True)
     manufacturer_model = models.CharField(max_length=64, blank=True)
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -333,16 +350,20 @@ class FhirEndpoint(models.Model):
     """An EMR that receives advisory DiagnosticReports. Secrets are named environment variables."""
 
     name = models.CharField(max_length=64, unique=True)
-    base_url = models.URLField(max_length=500)
+    base_url = models.URLField(max_length=500, validators=[validate_endpoint_url])
     fhir_version = models.CharField(max_length=2, choices=[("R4", "R4"), ("R5", "R5")], default="R4")
     enabled = models.BooleanField(default=True)
     auth = models.CharField(max_length=8, choices=FhirAuth.choices, default=FhirAuth.NONE)
     username = models.CharField(max_length=128, blank=True)
     secret_env = models.CharField(
-        max_length=128, blank=True, help_text="Environment variable with the token, password or private key"
+        max_length=128,
+        blank=True,
+        validators=[validate_secret_env],
+        help_text="Environment variable with the token, password or private key (TRIAGE_…_TOKEN, _PASSWORD, "
+        "_SECRET or _KEY)",
     )
     client_id = models.CharField(max_length=128, blank=True)
-    token_url = models.URLField(max_length=500, blank=True)
+    token_url = models.URLField(max_length=500, blank=True, validators=[validate_endpoint_url])
     scope = models.CharField(max_length=255, blank=True, default="system/DiagnosticReport.write")
     verify_tls = models.BooleanField(default=True)
     timeout_seconds = models.FloatField(default=15.0)
@@ -406,6 +427,61 @@ class OutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"outbox {self.pk} {self.state}"
+
+
+class WritebackState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENDING = "sending", "Sending"
+    SENT = "sent", "Sent"
+    DEAD = "dead", "Dead letter"
+    SUPERSEDED = "superseded", "Superseded by a newer version"
+
+
+class WritebackMessage(models.Model):
+    """One version of a finding's AI result to store in the study's PACS (DICOM SR + key image, STOW-RS).
+
+    Written in the same transaction as the result; the UIDs are fixed here, so every attempt sends the same objects.
+    """
+
+    source = models.ForeignKey(DicomWebSource, on_delete=models.CASCADE, related_name="writeback_messages")
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="writeback_messages")
+    finding = models.CharField(max_length=8, choices=Finding.choices)
+    version = models.PositiveIntegerField(default=1, help_text="Counts up per study and finding")
+    reason = models.CharField(max_length=32, default="result")
+    retract = models.BooleanField(default=False, help_text="Withdraws the earlier versions (entered in error)")
+    result_ids = models.JSONField(default=list, blank=True, help_text="The TriageResult rows this version describes")
+    content_hash = models.CharField(max_length=64, blank=True, help_text="SHA-256 of what the SR says")
+    sr_series_uid = models.CharField(max_length=64)
+    sr_instance_uid = models.CharField(max_length=64, unique=True)
+    sc_series_uid = models.CharField(max_length=64)
+    sc_instance_uid = models.CharField(max_length=64)
+    predecessor = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The version the PACS may hold that this SR amends (Predecessor Documents Sequence)",
+    )
+    key_image_sent = models.BooleanField(default=False)
+    state = models.CharField(max_length=16, choices=WritebackState.choices, default=WritebackState.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "next_attempt_at"])]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "finding", "version"], name="one_writeback_per_result_version")
+        ]
+
+    def __str__(self) -> str:
+        return f"write-back {self.pk} {self.state}"
 
 
 class WorkerHeartbeat(models.Model):
@@ -478,6 +554,7 @@ class ModelAlert(models.Model):
     @property
     def flag_rate(self) -> float:
         return self.flagged / self.window if self.window else 0.0
+
 
 class DateOption(models.TextChoices):
     """PS3.15 Annex E options for dates in a validation export; the admin picks one explicitly."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -36,7 +37,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
+    "axes",
     "drf_spectacular",
     "channels",
     "django_tasks",
@@ -54,6 +56,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a lockout raised during authentication into a 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "triage.urls"
@@ -125,8 +129,16 @@ TASKS = {
     "default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default", "ingest", "outbox", "exports"]}
 }
 
+# django-axes first: it refuses a locked-out username+address before the password is checked (docs/security.md).
 # The admin role carries all model permissions (triage/auth.py).
-AUTHENTICATION_BACKENDS = ["triage.auth.RoleBackend"]
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "triage.auth.RoleBackend"]
+AXES_FAILURE_LIMIT = env_int("TRIAGE_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("TRIAGE_LOGIN_COOLOFF_MINUTES", 15, minimum=1))
+# Per username and address together: a wrong password from one place cannot lock a radiologist out everywhere.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Axes keeps its own failure log in the database; its log lines would only repeat usernames and addresses.
+AXES_VERBOSE = False
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -140,6 +152,18 @@ SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# TLS (README, "Security"): on by default in production, each with an off switch for a plain-HTTP loopback run.
+SESSION_COOKIE_SECURE = env_bool("TRIAGE_SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_SSL_REDIRECT = env_bool("TRIAGE_SSL_REDIRECT", not DEBUG)
+# Health checks answer over plain HTTP for load balancers and `make run`'s own readiness probe.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = env_int("TRIAGE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("TRIAGE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("TRIAGE_HSTS_PRELOAD", True)
+# Behind a TLS-terminating proxy that sets X-Forwarded-Proto (and strips it from clients): TRIAGE_BEHIND_TLS_PROXY=1.
+if env_bool("TRIAGE_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -155,19 +179,29 @@ WHITENOISE_USE_FINDERS = True
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        "knox.auth.TokenAuthentication",
     ],
+    # Only the token endpoint names a scope; the rate is per client address (docs/security.md).
+    "DEFAULT_THROTTLE_RATES": {"token": env_str("TRIAGE_TOKEN_RATE", "20/minute")},
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "triage.core.exceptions.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
 }
+# API tokens (django-rest-knox): stored as SHA-512 digests, expiring; the header stays "Authorization: Token <t>".
+TRIAGE_TOKEN_TTL_HOURS = env_int("TRIAGE_TOKEN_TTL_HOURS", 24 * 30, minimum=1)
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(hours=TRIAGE_TOKEN_TTL_HOURS),
+    "AUTH_HEADER_PREFIX": "Token",
+    "AUTO_REFRESH": False,
+}
 SPECTACULAR_SETTINGS = {
     "TITLE": "CT triage API",
     "DESCRIPTION": "Advisory AI triage of CT studies. Every finding is advisory; a radiologist reads every study.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
 }
 
 # Platform settings (the README's settings table).
@@ -181,6 +215,11 @@ TRIAGE_FHIR_VERSION = env_choice("TRIAGE_FHIR_VERSION", "R4", ("R4", "R5"))
 TRIAGE_FHIR_TOKEN = env_str("TRIAGE_FHIR_TOKEN")
 # Delivery attempts of one report version before it goes to the dead letter (about 5 h at the 10-minute backoff cap).
 TRIAGE_OUTBOX_MAX_ATTEMPTS = env_int("TRIAGE_OUTBOX_MAX_ATTEMPTS", 50, minimum=1)
+# Results back in the PACS (docs/dicom-sr.md): DICOM SR + key image by STOW-RS to the default source.
+TRIAGE_PACS_WRITE_BACK = env_bool("TRIAGE_PACS_WRITE_BACK", False)
+TRIAGE_WRITEBACK_MAX_ATTEMPTS = env_int("TRIAGE_WRITEBACK_MAX_ATTEMPTS", 50, minimum=1)
+# Teaching screens: the worklist API shows patients' initials instead of their names.
+TRIAGE_HIDE_PATIENT_NAMES = env_bool("TRIAGE_HIDE_PATIENT_NAMES", False)
 TRIAGE_DEVICE = env_device("TRIAGE_DEVICE", "cpu")
 # Threads per inference worker; 0 lets torch use every core (``make run`` shares the cores among its workers).
 TRIAGE_TORCH_THREADS = env_int("TRIAGE_TORCH_THREADS", 0, minimum=0)
@@ -228,5 +267,9 @@ LOGGING = {
         "retrying": {"level": "CRITICAL"},
         "urllib3": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        # At DEBUG (with TRIAGE_DEBUG=1) Django logs every SQL statement with its parameters: patient data.
+        "django.db.backends": {"level": "INFO"},
+        # django-axes logs every successful login at INFO; lockouts, at WARNING, still show.
+        "axes": {"level": "WARNING"},
     },
 }

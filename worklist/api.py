@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from django.http import HttpResponse
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
@@ -50,12 +50,16 @@ class WorklistApi(APIView):
         modality = serializers.CharField(required=False, max_length=16)
         finding = serializers.ChoiceField(choices=Finding.values, required=False)
         claimed_by = serializers.ChoiceField(choices=["me"], required=False)
+        department = serializers.CharField(
+            required=False, max_length=128, help_text="Institutional Department Name, exact (any case)"
+        )
+        institution = serializers.CharField(required=False, max_length=128, help_text="Institution Name, exact")
+        offset = serializers.IntegerField(min_value=0, max_value=selectors.MAX_OFFSET, required=False)
 
     @extend_schema(
         parameters=[
             FilterSerializer,
             OpenApiParameter("limit", int, description="Page size (default 50, at most 500)"),
-            OpenApiParameter("offset", int),
         ],
         responses={
             200: inline_serializer(
@@ -86,11 +90,13 @@ class WorklistApi(APIView):
             modality=filters.validated_data.get("modality"),
             finding=filters.validated_data.get("finding"),
             claimed_by_me=filters.validated_data.get("claimed_by") == "me",
+            department=filters.validated_data.get("department"),
+            institution=filters.validated_data.get("institution"),
             now=now,
         )
         paginator = WorklistPagination()
         paginator.request, paginator.limit = request, paginator.get_limit(request) or paginator.default_limit
-        paginator.offset = paginator.get_offset(request)
+        paginator.offset = filters.validated_data.get("offset", 0)
         page = selectors.worklist_page(items=items, offset=paginator.offset, limit=paginator.limit, now=now)
         paginator.count, paginator.has_more = page.count, page.has_more
         for position, item in enumerate(page.items, start=paginator.offset + 1):
@@ -153,6 +159,7 @@ class ItemAcknowledgeApi(_ItemActionApi):
 class ItemPinApi(APIView):
     """Pin a priority level by hand (0 routine … 4 critical), or null to let the rule decide again."""
 
+    @extend_schema_serializer(component_name="ItemPinInput")
     class InputSerializer(serializers.Serializer):
         level = serializers.IntegerField(min_value=0, max_value=4, allow_null=True)
 
@@ -169,10 +176,12 @@ class ItemPinApi(APIView):
 class ResultFeedbackApi(APIView):
     """One-click verdict on one advisory finding, recorded with the model version that produced it."""
 
+    @extend_schema_serializer(component_name="ResultFeedbackInput")
     class InputSerializer(serializers.Serializer):
         verdict = serializers.ChoiceField(choices=Verdict.values)
         comment = serializers.CharField(required=False, allow_blank=True, max_length=2000, default="")
 
+    @extend_schema_serializer(component_name="ResultFeedbackOutput")
     class OutputSerializer(serializers.Serializer):
         result_id = serializers.IntegerField()
         verdict = serializers.CharField()

@@ -33,6 +33,8 @@ STATUS_FILTERS = {
     "all": tuple(ItemStatus.values),
 }
 READING_ORDER = ("-starving", "-sort_key", "received_at", "id")
+# Far beyond any worklist, far below PostgreSQL's bigint: a larger offset is refused rather than sent to the database.
+MAX_OFFSET = 10_000_000
 
 
 def max_wait() -> timedelta:
@@ -65,6 +67,8 @@ def worklist_items(
     modality: str | None = None,
     finding: str | None = None,
     claimed_by_me: bool = False,
+    department: str | None = None,
+    institution: str | None = None,
     now: datetime | None = None,
 ) -> QuerySet[WorklistItem]:
     """Items in reading order, with everything their payload needs. ``now`` fixes the starving tier."""
@@ -85,6 +89,10 @@ def worklist_items(
         items = items.filter(Exists(positive))
     if claimed_by_me:
         items = items.filter(claimed_by=user)
+    if department:
+        items = items.filter(study__department__iexact=department)
+    if institution:
+        items = items.filter(study__institution__iexact=institution)
     return items.order_by(*READING_ORDER)
 
 
@@ -114,6 +122,8 @@ def worklist_page(*, items: QuerySet[WorklistItem], offset: int, limit: int, now
     like the partial index ``worklist_open_reading_order``, so both queries stop after one page of index rows.
     One row more than the page is fetched to know whether another page follows.
     """
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET:,}.")
     starving = Q(status=ItemStatus.WAITING, received_at__lt=now - max_wait())
     in_tier = items.order_by(*READING_ORDER[1:])
     end = offset + limit + 1

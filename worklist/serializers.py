@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from django.conf import settings
 from django.urls import reverse
@@ -27,7 +28,10 @@ def viewer_url(*, study_instance_uid: str, accession_number: str) -> str | None:
     template = settings.TRIAGE_VIEWER_URL
     if not template:
         return None
-    return template.replace("{study_instance_uid}", study_instance_uid).replace("{accession_number}", accession_number)
+    # Each value is encoded whole ("/", "&", "#" included), so a header value cannot add a path or a parameter.
+    return template.replace("{study_instance_uid}", quote(study_instance_uid, safe="")).replace(
+        "{accession_number}", quote(accession_number, safe="")
+    )
 
 
 class FindingSerializer(serializers.Serializer):
@@ -74,6 +78,21 @@ def finding_payload(result: TriageResult) -> dict:
     }
 
 
+def person_name_display(dicom_name: str, *, initials: bool = False) -> str:
+    """A DICOM person name (``Family^Given^Middle^Prefix^Suffix``) for people: "Family, Given Middle", or with
+    ``initials`` only the initials of the same parts: "F. G. M."."""
+    parts = [p.strip() for p in dicom_name.split("=")[0].split("^")[:3]]
+    if initials:
+        return " ".join(f"{word[0].upper()}." for part in parts for word in part.replace("-", " ").split())
+    given = " ".join(p for p in parts[1:] if p)
+    return ", ".join(p for p in (parts[0], given) if p)
+
+
+def patient_name_display(dicom_name: str) -> str:
+    """Initials only on teaching screens (TRIAGE_HIDE_PATIENT_NAMES)."""
+    return person_name_display(dicom_name, initials=settings.TRIAGE_HIDE_PATIENT_NAMES)
+
+
 def _iso(value: datetime | None) -> str | None:
     """ISO 8601 in UTC with a ``Z``, as DRF writes it, without DRF's per-call field machinery."""
     if value is None:
@@ -94,6 +113,18 @@ class WorklistItemSerializer(serializers.Serializer):
     study_description = serializers.CharField(source="study.study_description")
     modality = serializers.CharField(source="study.modalities")
     requested_priority = serializers.CharField(source="study.requested_priority")
+    patient_name = serializers.SerializerMethodField(
+        help_text='From the DICOM headers, as "Family, Given"; initials only when TRIAGE_HIDE_PATIENT_NAMES is set'
+    )
+    patient_id = serializers.CharField(source="study.patient_id", help_text="The DICOM PatientID (the MRN)")
+    patient_age = serializers.IntegerField(
+        source="study.patient_age_years", allow_null=True, help_text="Years, from PatientAge (0010,1010)"
+    )
+    patient_sex = serializers.CharField(source="study.patient_sex", help_text="M, F, O or empty")
+    study_datetime = serializers.DateTimeField(source="study.study_datetime", allow_null=True)
+    institution = serializers.CharField(source="study.institution")
+    department = serializers.CharField(source="study.department", help_text="Institutional Department Name")
+    referring_physician = serializers.SerializerMethodField()
     rank = serializers.SerializerMethodField(help_text="1 is read first; null once reported")
     priority = serializers.SerializerMethodField(help_text="routine, high, asap, stat or critical")
     priority_level = serializers.SerializerMethodField()
@@ -133,6 +164,14 @@ class WorklistItemSerializer(serializers.Serializer):
             "study_description": study.study_description,
             "modality": study.modalities,
             "requested_priority": study.requested_priority,
+            "patient_name": self.get_patient_name(item),
+            "patient_id": study.patient_id,
+            "patient_age": study.patient_age_years,
+            "patient_sex": study.patient_sex,
+            "study_datetime": _iso(study.study_datetime),
+            "institution": study.institution,
+            "department": study.department,
+            "referring_physician": self.get_referring_physician(item),
             "rank": self.get_rank(item),
             "priority": priority.LEVEL_LABELS[level],
             "priority_level": level,
@@ -157,6 +196,14 @@ class WorklistItemSerializer(serializers.Serializer):
             "key_image_url": self.get_key_image_url(item),
             "viewer_url": self.get_viewer_url(item),
         }
+
+    @extend_schema_field(serializers.CharField())
+    def get_patient_name(self, item: WorklistItem) -> str:
+        return patient_name_display(item.study.patient_name)
+
+    @extend_schema_field(serializers.CharField())
+    def get_referring_physician(self, item: WorklistItem) -> str:
+        return person_name_display(item.study.referring_physician)
 
     @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_rank(self, item: WorklistItem) -> int | None:

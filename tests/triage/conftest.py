@@ -12,6 +12,14 @@ from tests.triage.ingest_helpers import FakeRunner
 from tests.triage.pacs_proxy import PacsProxy
 
 
+@pytest.fixture(autouse=True)
+def fresh_throttle_counts():
+    """The token endpoint's throttle counts requests per client in the cache; each test starts from zero."""
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 @pytest.fixture
 def fake_models(monkeypatch):
     """In-process tests: a deterministic stand-in for the networks (the runner has its own tests)."""

@@ -133,7 +133,9 @@ def test_routing_rule_add_and_delete_are_audited(admin_web):
 
 
 def test_emr_endpoint_change_is_audited(admin_web):
-    endpoint = FhirEndpoint.objects.create(name="emr", base_url="http://127.0.0.1:8103/fhir", secret_env="EMR_TOKEN")
+    endpoint = FhirEndpoint.objects.create(
+        name="emr", base_url="http://127.0.0.1:8103/fhir", secret_env="TRIAGE_EMR_TOKEN"
+    )
     post_change(admin_web, endpoint, timeout_seconds="5.0")
     event = AuditEvent.objects.get(action="admin.fhirendpoint.change")
     assert event.data["changes"] == {"timeout_seconds": {"old": 15.0, "new": 5.0}}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from django.utils import timezone
@@ -223,3 +223,49 @@ def test_pages_across_the_starving_tier_follow_reading_order(radiologist_client,
     pages = [radiologist_client.get(f"/api/v1/worklist/?limit=3&offset={o}").json() for o in (0, 3)]
     listed = [r["study_instance_uid"] for page in pages for r in page["results"]]
     assert (listed, pages[0]["count"], pages[1]["results"][0]["rank"]) == (expected, 4, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The patient on the worklist
+
+
+def test_worklist_item_shows_the_patient_and_the_order_from_the_headers(radiologist_client, make_study):
+    when = timezone.now().replace(microsecond=0)
+    make_study(
+        patient_name="Doe^Jane^Q",
+        patient_id="MRN123",
+        patient_age_years=61,
+        patient_sex="F",
+        study_datetime=when,
+        institution="General Hospital",
+        department="Emergency",
+        referring_physician="House^Gregory",
+    )
+    item = radiologist_client.get("/api/v1/worklist/").json()["results"][0]
+    shown = {k: item[k] for k in ("patient_name", "patient_id", "patient_age", "patient_sex")}
+    assert shown == {"patient_name": "Doe, Jane Q", "patient_id": "MRN123", "patient_age": 61, "patient_sex": "F"}
+    assert (item["institution"], item["department"], item["referring_physician"]) == (
+        "General Hospital",
+        "Emergency",
+        "House, Gregory",
+    )
+    assert item["study_datetime"] == when.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def test_worklist_filters_by_department_in_any_case(radiologist_client, make_study):
+    emergency = make_study(department="Emergency")
+    make_study(department="Outpatients")
+    body = radiologist_client.get("/api/v1/worklist/?department=emergency").json()
+    assert [r["study_instance_uid"] for r in body["results"]] == [emergency.study.study_instance_uid]
+
+
+def test_teaching_screens_show_initials_instead_of_names(radiologist_client, make_study, settings):
+    settings.TRIAGE_HIDE_PATIENT_NAMES = True
+    make_study(patient_name="Doe^Jane-Marie")
+    assert radiologist_client.get("/api/v1/worklist/").json()["results"][0]["patient_name"] == "D. J. M."
+
+
+def test_schema_documents_the_department_filter(radiologist_client):
+    schema = radiologist_client.get("/api/v1/schema/?format=json").json()
+    parameters = {p["name"] for p in schema["paths"]["/api/v1/worklist/"]["get"]["parameters"]}
+    assert {"department", "institution"} <= parameters

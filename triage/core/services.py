@@ -1,9 +1,15 @@
-"""Writes that belong to no one layer: users' roles and workers' heartbeats."""
+"""Writes that belong to no one layer: users' roles, API tokens and workers' heartbeats."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from knox.crypto import hash_token
+from knox.models import AuthToken
+from knox.settings import CONSTANTS
 
 from triage.core.audit import audit_record
 from triage.core.exceptions import InvalidInput
@@ -30,3 +36,33 @@ def user_role_set(*, user: User, role: str, actor: User | None) -> User:
     new = {"role": user.role, "is_staff": user.is_staff, "is_superuser": user.is_superuser}
     audit_record(action="user.role_set", actor=actor, obj=user, data={"old": old, "new": new})
     return user
+
+
+# A token chosen by a caller (a PACS hook configured before the app starts) must be as hard to guess as ours.
+MIN_CHOSEN_TOKEN_LENGTH = 32
+
+
+@transaction.atomic(durable=True)
+def token_create(*, user: User, ttl: timedelta | None = None, actor: User | None = None) -> str:
+    """A new random API token for ``user``; only its digest is stored. Expired tokens of the user are dropped."""
+    AuthToken.objects.filter(user=user, expiry__lt=timezone.now()).delete()
+    row, token = AuthToken.objects.create(user=user, expiry=ttl or _token_ttl())
+    audit_record(action="token.create", actor=actor or user, obj=user, data={"expiry": row.expiry.isoformat()})
+    return token
+
+
+@transaction.atomic(durable=True)
+def token_register(*, user: User, token: str, ttl: timedelta | None = None, actor: User | None = None) -> None:
+    """Store the digest of a token the caller generated (tools that must hand it to a PACS before the app runs)."""
+    if len(token) < MIN_CHOSEN_TOKEN_LENGTH or not token.isalnum():
+        raise InvalidInput(f"A chosen token needs at least {MIN_CHOSEN_TOKEN_LENGTH} letters and digits.")
+    expiry = timezone.now() + (ttl or _token_ttl())
+    AuthToken.objects.filter(user=user, expiry__lt=timezone.now()).delete()
+    AuthToken.objects.filter(digest=hash_token(token)).delete()  # registering the same token again renews it
+    digest, key = hash_token(token), token[: CONSTANTS.TOKEN_KEY_LENGTH]
+    AuthToken(digest=digest, token_key=key, user=user, expiry=expiry).save(force_insert=True)
+    audit_record(action="token.create", actor=actor or user, obj=user, data={"expiry": expiry.isoformat()})
+
+
+def _token_ttl() -> timedelta:
+    return timedelta(hours=settings.TRIAGE_TOKEN_TTL_HOURS)

@@ -17,6 +17,7 @@ from triage.core.exceptions import NotFound
 from triage.fhir.outbox import outbox_enqueue_report
 from triage.ingest.jobs import job_enqueue_on_commit, job_mark_complete
 from triage.models import DicomWebSource, Series, Study, TriageJob, TriageResult, User
+from triage.writeback.outbox import writeback_enqueue
 from worklist.services import worklist_item_sync
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ def source_ensure_from_env() -> DicomWebSource | None:
             "username": settings.TRIAGE_DICOMWEB_USERNAME or "",
             "password_env": "TRIAGE_DICOMWEB_PASSWORD" if settings.TRIAGE_DICOMWEB_PASSWORD else "",
             "token_env": "TRIAGE_DICOMWEB_TOKEN" if settings.TRIAGE_DICOMWEB_TOKEN else "",
+            "write_back": settings.TRIAGE_PACS_WRITE_BACK,
         },
     )
     return source
@@ -120,4 +122,5 @@ def results_record(*, job: TriageJob, outputs: list[tuple[Series, TriageOutput, 
     worklist_item_sync(study=study)
     for finding in sorted({r.finding for r in results}):
         outbox_enqueue_report(study=study, finding=finding)
+        writeback_enqueue(study=study, finding=finding)
     return results

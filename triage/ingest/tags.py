@@ -101,6 +101,8 @@ def study_tags(item: dict) -> dict[str, Any]:
         "study_datetime": _study_datetime(item),
         "requested_priority": _requested_priority(item),
         "institution": _text(item, "00080080", 128),
+        "department": _text(item, "00081040", 128),
+        "referring_physician": _text(item, "00080090", 200),
         "manufacturer": _text(item, "00080070", 64),
         "manufacturer_model": _text(item, "00081090", 64),
     }
