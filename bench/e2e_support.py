@@ -184,7 +184,7 @@ class App:
 
 USERS_SCRIPT = """
 import os
-from rest_framework.authtoken.models import Token
+from django.core.management import call_command
 from triage.models import User
 reader, _ = User.objects.get_or_create(username="bench-radiologist")
 reader.role = "radiologist"
@@ -193,8 +193,7 @@ reader.save()
 hook, _ = User.objects.get_or_create(username="bench-pacs-hook")
 hook.set_unusable_password()
 hook.save()
-Token.objects.filter(user=hook).delete()
-Token.objects.create(user=hook, key=os.environ["BENCH_TOKEN"])
+call_command("triage_token_create", "--user", "bench-pacs-hook", "--from-env", "BENCH_TOKEN")
 """
 
 

@@ -35,8 +35,8 @@ def test_there_is_a_unit_for_every_role():
     names = {path.name for path in SERVICES}
 
     assert names == {
-        "web@.service", "ingest@.service", "outbox.service", "outbox-worker.service", "poll.service",
-        "escalate.service",
+        "web@.service", "ingest@.service", "outbox.service", "outbox-worker.service", "writeback.service",
+        "poll.service", "escalate.service",
     }  # fmt: skip
 
 
@@ -57,6 +57,7 @@ def test_unit_restarts_always_as_the_dedicated_user_with_its_environment_files(p
         ("ingest@.service", "ingest", {"TRIAGE_ROLES": "ingest"}),
         ("outbox-worker.service", "outbox-worker", {"TRIAGE_ROLES": "outbox"}),
         ("outbox.service", "outbox", {"TRIAGE_ROLES": "outbox"}),
+        ("writeback.service", "writeback", {"TRIAGE_ROLES": "outbox"}),
         ("poll.service", "poll", {"TRIAGE_ROLES": "loops"}),
         ("escalate.service", "escalate", {"TRIAGE_ROLES": "loops"}),
     ],

@@ -9,7 +9,8 @@ Processes, by role (``TRIAGE_ROLES``, default all; docs/deployment.md says what 
 - ``web``: daphne (HTTP + WebSockets) on 127.0.0.1:$TRIAGE_HTTP_PORT; with ``TRIAGE_WEB_PROCESSES`` = N > 1, N
   daphne processes on internal loopback ports behind an nginx on $TRIAGE_HTTP_PORT (config from deploy/nginx/);
 - ``ingest``: django-tasks database workers on the ``ingest`` queue (``TRIAGE_WORKERS_INGEST``);
-- ``outbox``: database workers on ``outbox,default`` (``TRIAGE_WORKERS_OUTBOX``) and the FHIR outbox loop;
+- ``outbox``: database workers on ``outbox,exports,default`` (``TRIAGE_WORKERS_OUTBOX``), the FHIR outbox and
+  PACS write-back loops;
 - ``loops``: the PACS poller (with the job sweeper) and the escalation loop;
 
 and, when ``REDIS_URL`` is not set (all roles on one host only), a private ``redis-server`` on a loopback port for
@@ -41,7 +42,12 @@ NGINX_DIR = ROOT / "deploy" / "nginx"
 STATIC_ROOT = ROOT / "staticfiles"
 ROLES = ("web", "ingest", "outbox", "loops")
 # Each loop runs with the role whose credentials it needs: the outbox loop talks to the EMR, the poller to the PACS.
-LOOPS = (("triage_poll", "loops"), ("triage_outbox", "outbox"), ("triage_escalate", "loops"))
+LOOPS = (
+    ("triage_poll", "loops"),
+    ("triage_outbox", "outbox"),
+    ("triage_writeback", "outbox"),
+    ("triage_escalate", "loops"),
+)
 PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 
 
@@ -131,7 +137,9 @@ def process_table(
     if "outbox" in topo.roles:
         # Reports are built and sent by their own workers: they never wait behind another study's inference.
         outbox = _count(env, "TRIAGE_WORKERS_OUTBOX", 1)
-        table.append(Program("outbox-worker", _manage(*_worker_args(), "--queue-name", "outbox,default"), outbox))
+        table.append(
+            Program("outbox-worker", _manage(*_worker_args(), "--queue-name", "outbox,exports,default"), outbox)
+        )
     table += [
         Program(name.removeprefix("triage_"), _manage(name))
         for name, role in LOOPS

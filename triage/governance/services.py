@@ -26,6 +26,7 @@ from triage.models import (
     TriageResult,
     User,
 )
+from triage.writeback.outbox import writeback_enqueue
 from worklist.models import ItemStatus
 from worklist.notify import escalation_post
 from worklist.services import worklist_items_resync
@@ -130,6 +131,7 @@ def _threshold_propagate(*, finding: str, flipped: list[TriageResult]) -> None:
     worklist_items_resync(finding=finding)
     for result in flipped:
         outbox_enqueue_report(study=result.study, finding=finding, reason="threshold_change")
+        writeback_enqueue(study=result.study, finding=finding, reason="threshold_change")
 
 
 # --- model alerts ------------------------------------------------------------------------------------------------
