@@ -37,7 +37,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pydicom
@@ -114,7 +114,7 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return self.hu.shape  # type: ignore[return-value]
+        return cast(tuple[int, int, int], self.hu.shape)
 
     @property
     def normal(self) -> np.ndarray:
@@ -154,7 +154,7 @@ def read_dataset(data: bytes | bytearray | memoryview | str | os.PathLike[str]) 
     """Parse one DICOM Part 10 file (bytes or a path) and check it can give pixels, without decoding them."""
     raw = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else Path(data).read_bytes()
     try:
-        ds = pydicom.dcmread(io.BytesIO(raw))
+        ds: Dataset = pydicom.dcmread(io.BytesIO(raw))
     except InvalidDicomError:
         ds = _read_without_preamble(raw)
     except _READ_ERRORS as err:
@@ -183,11 +183,11 @@ def _read_without_preamble(raw: bytes) -> Dataset:
 
 def _check_ends_on_an_element(ds: Dataset, size: int) -> None:
     """A file cut inside an element header leaves a few bytes pydicom skips silently after the last element."""
-    ends = [
-        elem.value_tell + elem.length
-        for elem in (ds.get_item(tag) for tag in ds.keys())  # noqa: SIM118 - keeps elements raw
-        if isinstance(elem, RawDataElement) and elem.length != _UNDEFINED_LENGTH and elem.value_tell is not None
-    ]
+    ends: list[int] = []
+    for tag in ds.keys():  # noqa: SIM118 - keys() and get_item() keep the elements raw
+        elem: Any = ds.get_item(tag)
+        if isinstance(elem, RawDataElement) and elem.length != _UNDEFINED_LENGTH and elem.value_tell is not None:
+            ends.append(elem.value_tell + elem.length)
     syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
     if not ends or syntax == "1.2.840.10008.1.2.1.99":  # deflated: positions refer to the inflated stream
         return
@@ -421,7 +421,7 @@ def _enhanced_frames(ds: Dataset, label: str, count: int) -> list[_Frame]:
                 label=frame_label,
                 rows=_int_attr(ds, "Rows", label),
                 columns=_int_attr(ds, "Columns", label),
-                pixel_spacing=spacing,  # type: ignore[arg-type]
+                pixel_spacing=spacing,
                 orientation=np.asarray(orientation),
                 ipp=np.asarray(ipp),
                 slope=slope,

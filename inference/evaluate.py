@@ -97,7 +97,11 @@ def _worker_init(_: int) -> None:
 
 def score_phantoms(runner: ModelRunner, dataset: HeldOut, workers: int) -> list[dict[str, Any]]:
     loader = DataLoader(
-        dataset, batch_size=None, num_workers=workers, worker_init_fn=_worker_init, collate_fn=_collate_one
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=_worker_init,
+        collate_fn=_collate_one,  # type: ignore[arg-type]
     )
     rows = []
     for item in tqdm(loader, total=len(dataset), desc="evaluate", unit="phantom"):
@@ -310,7 +314,11 @@ def _generate_only(args: argparse.Namespace, seeds: list[int]) -> int:
     for family, seed in zip(args.family, seeds, strict=True):
         held_out = HeldOut(args.finding, seed, args.count, family, args.cache)
         loader = DataLoader(
-            held_out, batch_size=None, num_workers=args.workers, worker_init_fn=_worker_init, collate_fn=_collate_one
+            held_out,
+            batch_size=None,
+            num_workers=args.workers,
+            worker_init_fn=_worker_init,
+            collate_fn=_collate_one,  # type: ignore[arg-type]
         )
         for _ in tqdm(loader, total=len(held_out), desc=f"generate {family}", unit="phantom"):
             pass

@@ -117,7 +117,8 @@ def head_centre(
         sizes[0] = 0
         inside = labels == int(sizes.argmax())
     mean = np.argwhere(inside).mean(axis=0).tolist()
-    return tuple(m * s + (s - 1) / 2.0 for m, s in zip(mean, steps, strict=True))  # type: ignore[return-value]
+    z, y, x = (m * s + (s - 1) / 2.0 for m, s in zip(mean, steps, strict=True))
+    return z, y, x
 
 
 def _top_of_scan(inside: np.ndarray, height: float) -> np.ndarray:

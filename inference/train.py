@@ -143,7 +143,7 @@ def build_cache(dataset: Dataset, workers: int, desc: str) -> list[dict[str, Any
         persistent_workers=False,
         prefetch_factor=4 if workers else None,
     )
-    return list(tqdm(loader, total=len(dataset), desc=desc, unit="phantom", leave=False))
+    return list(tqdm(loader, total=len(dataset), desc=desc, unit="phantom", leave=False))  # type: ignore[arg-type]
 
 
 def cached(cfg: RunConfig, dataset: PhantomDataset, split: str) -> list[dict[str, Any]]:

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         info = write_study(phantom, args.out / f"{args.kind}-{seed:06d}", seed=seed, thick_reformat=args.thick_reformat)
         label = phantom.subtype if phantom.positive else (phantom.hard_negative or "normal")
-        counts[label] += 1
+        counts[label or "normal"] += 1
         manifest.append(
             {
                 "seed": seed,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,7 +163,7 @@ def _template_tissues(res: float) -> tuple[np.ndarray, ...]:
     import nibabel as nib
 
     def load(name: str) -> np.ndarray:
-        img = nib.load(str(template_dir() / _TEMPLATE.format(name)))
+        img: Any = nib.load(str(template_dir() / _TEMPLATE.format(name)))
         return np.asarray(img.dataobj, dtype=np.float32).transpose(2, 1, 0) / 255.0
 
     gm, wm, t1 = load("gm"), load("wm"), load("t1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -128,7 +129,7 @@ def generate_cta(
     }
     return Phantom(
         volume_hu=volume,
-        spacing_mm=tuple(float(s) for s in scan.spacing_mm),
+        spacing_mm=cast(tuple[float, float, float], tuple(float(s) for s in scan.spacing_mm)),
         finding="lvo",
         positive=positive,
         subtype=subtype,

@@ -7,7 +7,9 @@ towards the patient's left. A pose (rotation, per-axis head scale, translation) 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +51,7 @@ class Grid:
         matrix = to_canon @ np.diag(spacing)
         centre_idx = (np.asarray(shape, dtype=float) - 1.0) / 2.0
         offset = np.asarray(head_center, dtype=float) + np.asarray(shift_mm) - matrix @ centre_idx
-        return cls(tuple(shape), tuple(float(s) for s in spacing), matrix, offset)
+        return cls(_ints3(shape), _floats3(spacing), matrix, offset)
 
     def canon(self, box: tuple[slice, slice, slice]) -> np.ndarray:
         """Canonical coordinates (3, dz, dy, dx) float32 of the voxels in ``box``."""
@@ -90,7 +92,7 @@ class Grid:
 
     @classmethod
     def from_meta(cls, shape: tuple[int, int, int], spacing: tuple[float, float, float], meta: dict) -> Grid:
-        return cls(tuple(shape), tuple(spacing), np.asarray(meta["matrix"]), np.asarray(meta["offset"]))
+        return cls(_ints3(shape), _floats3(spacing), np.asarray(meta["matrix"]), np.asarray(meta["offset"]))
 
     def full(self) -> tuple[slice, slice, slice]:
         return tuple(slice(0, n) for n in self.shape)  # type: ignore[return-value]
@@ -98,3 +100,13 @@ class Grid:
     def mm_per_canon(self) -> float:
         """Mean patient millimetres per canonical millimetre (the head scale)."""
         return float(abs(np.linalg.det(np.diag(self.spacing) @ np.linalg.inv(self.matrix))) ** (1 / 3))
+
+
+def _ints3(values: Iterable[Any]) -> tuple[int, int, int]:
+    z, y, x = (int(v) for v in values)
+    return z, y, x
+
+
+def _floats3(values: Iterable[Any]) -> tuple[float, float, float]:
+    z, y, x = (float(v) for v in values)
+    return z, y, x

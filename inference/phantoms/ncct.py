@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import cast
 
 import numpy as np
 
@@ -50,6 +51,7 @@ def generate_ncct(
     incidental = _paint_incidental(canvas, rng)
     finding: dict[str, object] = {}
     if positive:
+        assert subtype is not None  # _decide names the subtype of every positive
         finding = _paint_bleed(canvas, rng, subtype, size)
     elif hard_negative is not None and hard_negative in mimics.MIMICS:
         mimics.MIMICS[hard_negative](canvas, rng, float(rng.uniform(0.35, 1.0)))
@@ -86,7 +88,7 @@ def generate_ncct(
     }
     return Phantom(
         volume_hu=volume,
-        spacing_mm=tuple(float(s) for s in scan.spacing_mm),
+        spacing_mm=cast(tuple[float, float, float], tuple(float(s) for s in scan.spacing_mm)),
         finding="ich",
         positive=positive,
         subtype=subtype,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -29,7 +29,7 @@ class Phantom:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.volume_hu.shape)  # type: ignore[return-value]
+        return cast(tuple[int, int, int], tuple(self.volume_hu.shape))
 
     @property
     def label(self) -> int:

@@ -22,9 +22,10 @@ class Frame:
 
     def world(self, box: tuple[slice, slice, slice] | None = None) -> np.ndarray:
         """World coordinates (3, dz, dy, dx) float32 of the voxels in ``box`` (default all)."""
-        box = box or tuple(slice(0, n) for n in self.shape)
+        whole = tuple(slice(0, n) for n in self.shape)
         axes = [
-            np.arange(s.start, s.stop, dtype=np.float32) * np.float32(d) for s, d in zip(box, self.spacing, strict=True)
+            np.arange(s.start, s.stop, dtype=np.float32) * np.float32(d)
+            for s, d in zip(box or whole, self.spacing, strict=True)
         ]
         axes = [a - np.float32(c) for a, c in zip(axes, self.centre_mm, strict=True)]
         zz, yy, xx = np.meshgrid(*axes, indexing="ij")
