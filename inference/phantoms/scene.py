@@ -120,7 +120,7 @@ class Canvas:
         weight = np.clip(weight, 0.0, 1.0).astype(np.float32)
         target = self.volume[box]
         if add:
-            target += weight * (float(value) if np.isscalar(value) else value)  # type: ignore[arg-type]
+            target += weight * np.float32(value) if np.isscalar(value) else weight * value  # type: ignore[arg-type,operator]
         else:
             target += weight * (np.asarray(value, dtype=np.float32) - target)
             if solid:
