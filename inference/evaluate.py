@@ -33,7 +33,7 @@ from inference import stats
 from inference.loader import read_card, shipped_weights
 from inference.modelcard import update_card
 from inference.runner import ModelRunner
-from inference.train import SEED_STRIDE, generate, phantom_plan
+from inference.trainset import SEED_STRIDE, generate, phantom_plan
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from inference.modelcard import update_card
 from inference.phantoms import generate_cta, generate_ncct, randomise
 from inference.phantoms.types import Phantom
 from inference.runner import ModelRunner
-from inference.train import SEED_STRIDE, phantom_plan
+from inference.trainset import SEED_STRIDE, phantom_plan
 
 Transform = Callable[[Phantom, np.random.Generator], Phantom]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from inference import loader, train
+from inference import batches, loader, train, trainset
 from inference.modelcard import write_card
 from inference.networks import ARCHITECTURES, build_network, count_parameters
 from inference.phantoms.types import Phantom
@@ -76,17 +76,17 @@ def test_registered_networks_compile_to_torchscript(name: str):
 
 def test_sample_targets_mark_the_lesion():
     phantom = _phantom(1, True)
-    sample = train.make_sample(phantom)
+    sample = trainset.make_sample(phantom)
     cam = sample["cam_target"]
     assert sample["slice_target"].any()
     assert cam.any()
-    assert not train.make_sample(_phantom(2, False))["cam_target"].any()
+    assert not trainset.make_sample(_phantom(2, False))["cam_target"].any()
 
 
 def _tiny_training(steps: int) -> list[float]:
     train.seed_everything(0)
-    samples = [train.make_sample(_phantom(i, i % 2 == 0)) for i in range(4)]
-    batch = train.ich_batch(samples, np.random.default_rng(0), augment=False)
+    samples = [trainset.make_sample(_phantom(i, i % 2 == 0)) for i in range(4)]
+    batch = batches.ich_batch(samples, np.random.default_rng(0), augment=False)
     # The middle slices and the centre of the field keep the steps fast; the lesions lie inside both.
     batch["x"] = batch["x"][:, 3:9, :, 32:96, 32:96].contiguous()
     batch["cam"] = batch["cam"][:, 3:9, 4:12, 4:12].contiguous()
@@ -109,10 +109,10 @@ def test_balanced_map_loss_does_not_reward_a_map_that_says_nothing():
     silent = torch.full_like(target, -5.0)
     plain = torch.nn.functional.binary_cross_entropy_with_logits(silent, target)
     assert float(plain) < 0.05
-    assert float(train.balanced_bce(silent, target)) > 2.0
+    assert float(batches.balanced_bce(silent, target)) > 2.0
     found = silent.clone()
     found[0, 3, 7, 5] = 5.0
-    assert float(train.balanced_bce(found, target)) < 0.01
+    assert float(batches.balanced_bce(found, target)) < 0.01
 
 
 def test_per_sample_balancing_weighs_a_small_lesion_like_a_large_one():
@@ -121,8 +121,8 @@ def test_per_sample_balancing_weighs_a_small_lesion_like_a_large_one():
     target[1, :, 4:12, 4:12] = 1.0  # 256 cells
     logits = torch.full_like(target, -5.0)
     logits[1][target[1] > 0] = 5.0  # the large one found, the small one missed
-    pooled = float(train.balanced_bce(logits, target))
-    per_sample = float(train.balanced_bce(logits, target, per_sample=True))
+    pooled = float(batches.balanced_bce(logits, target))
+    per_sample = float(batches.balanced_bce(logits, target, per_sample=True))
     assert pooled < 0.05
     assert per_sample > 1.2
 
@@ -136,11 +136,11 @@ def test_hard_negative_crop_holds_the_slice_the_model_scores_highest():
     hu[25, 6:10, 6:10] = 300  # a calcification, far from where a random crop usually falls
     negative = {"hu": hu, "label": 0.0, "slice_target": torch.zeros(32, dtype=torch.bool)}
     positive = {**negative, "label": 1.0}
-    centres = train.hardest_slices(BrightestSlice(), [positive, negative])
+    centres = batches.hardest_slices(BrightestSlice(), [positive, negative])
     assert centres == {1: 25}
     rng = np.random.default_rng(0)
-    crops = [train._ich_crop(negative, rng, centres[1]) for _ in range(20)]
-    assert all(c.start <= 25 < c.stop and c.stop - c.start == train.ICH_CHUNK for c in crops)
+    crops = [batches._ich_crop(negative, rng, centres[1]) for _ in range(20)]
+    assert all(c.start <= 25 < c.stop and c.stop - c.start == batches.ICH_CHUNK for c in crops)
 
 
 def test_small_bleeds_are_repeated_and_nothing_else_is():
@@ -267,8 +267,8 @@ def test_zero_epochs_only_chooses_the_threshold_for_the_starting_weights(tmp_pat
     torch.set_num_threads(1)
     cache = tmp_path / "cache"
     cache.mkdir()
-    torch.save([train.make_sample(_phantom(i, i % 2 == 0)) for i in range(2)], cache / "ich-train-seed1-n2-A.pt")
-    torch.save([train.make_sample(_phantom(10 + i, i % 2 == 0)) for i in range(6)], cache / "ich-val-seed1-n6-A.pt")
+    torch.save([trainset.make_sample(_phantom(i, i % 2 == 0)) for i in range(2)], cache / "ich-train-seed1-n2-A.pt")
+    torch.save([trainset.make_sample(_phantom(10 + i, i % 2 == 0)) for i in range(6)], cache / "ich-val-seed1-n6-A.pt")
     start = tmp_path / "start.pt"
     torch.save(build_network("ich2d-v2").state_dict(), start)
     args = ["--finding", "ich", "--train-count", "2", "--val-count", "6", "--cache", str(cache)]
