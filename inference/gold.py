@@ -3,9 +3,10 @@
     python -m inference.gold --out tests/data/gold          # writes the volumes (once) and records the scores
 
 Each study is a compressed ``.npz`` (int16 HU, spacing, label); ``manifest.json`` holds, per study, the finding, the
-label, the score of the shipped weights (name, version, SHA-256) and the tolerance a later run may differ by. The
+label, the score of the shipped weights (name, version, threshold) and the tolerance a later run may differ by. The
 test ``tests/inference/test_gold.py`` checks that the shipped weights still score every study within that tolerance
-and on the side of the threshold its label demands.
+and on the side of the threshold its label demands, except the studies recorded as ``known_failure`` (the shipped
+weights put them on the wrong side when the set was recorded; the card's evaluation says how often that happens).
 """
 
 from __future__ import annotations
@@ -77,8 +78,9 @@ def record(out: Path) -> dict[str, Any]:
     for name, finding, family, seed, subtype, hard, _ in SPECS:
         hu, spacing, label = load(out / f"{name}.npz")
         score = runners[finding].run(hu, spacing).score
+        wrong = (score >= runners[finding].threshold) != bool(label)
         studies[name] = {"finding": finding, "family": family, "seed": seed, "subtype": subtype, "hard_negative": hard,
-                         "label": label, "score": round(float(score), 5)}  # fmt: skip
+                         "label": label, "score": round(float(score), 5), "known_failure": wrong}  # fmt: skip
     models = {
         f: {"name": r.model_name, "version": r.model_version, "threshold": r.threshold} for f, r in runners.items()
     }
