@@ -9,6 +9,7 @@ import logging
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from triage.models import User
 from worklist import events, selectors
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,14 @@ class WorklistConsumer(AsyncJsonWebsocketConsumer):
             self.beats_missing = 0
         await super().dispatch(message)
 
+    def sign_in_holds(self) -> bool:
+        """The session that opened the socket still exists and its user is still active."""
+        user, session = self.scope.get("user"), self.scope.get("session")
+        if user is None or not User.objects.filter(pk=user.pk, is_active=True).exists():
+            return False
+        key = getattr(session, "session_key", None) if session is not None else None
+        return session is None or (key is not None and session.exists(key))
+
     async def worklist_event(self, event: dict) -> None:
         await self.send(text_data=event["text"])
 
@@ -74,6 +83,10 @@ class WorklistConsumer(AsyncJsonWebsocketConsumer):
     async def beat_loop(self) -> None:
         while True:
             await asyncio.sleep(BEAT_SECONDS)
+            if not await database_sync_to_async(self.sign_in_holds)():
+                # Signed out (or deactivated) elsewhere: a socket must not outlive the session that opened it.
+                await self.close(code=CLOSE_UNAUTHENTICATED)
+                return
             if self.beats_missing >= BEAT_MISSES_BEFORE_CLOSE:
                 logger.warning("Worklist heartbeats stopped coming back: closing the socket so the client resubscribes")
                 await self.close(code=CLOSE_EVENT_PATH_LOST)

@@ -175,3 +175,32 @@ async def test_beat_task_ends_when_the_client_disconnects(quick_beats):
     await communicator.disconnect()
     await asyncio.wait(beats, timeout=5)
     assert [t.cancelled() for t in beats] == [True]
+
+
+async def test_a_socket_closes_once_its_session_signs_out(quick_beats):
+    from django.test import Client
+
+    def signed_in() -> tuple[Client, str]:
+        client = Client()
+        client.force_login(UserFactory(username="leaving"))
+        return client, client.cookies["sessionid"].value
+
+    client, cookie = await database_sync_to_async(signed_in)()
+    headers = [*ORIGIN, (b"cookie", f"sessionid={cookie}".encode())]
+    communicator = WebsocketCommunicator(application, "/ws/worklist/", headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    await communicator.receive_json_from(timeout=5)
+
+    await database_sync_to_async(client.logout)()
+    closed = await asyncio.wait_for(_closed(communicator), timeout=15)
+
+    assert connected
+    assert closed == {"type": "websocket.close", "code": consumers.CLOSE_UNAUTHENTICATED}
+
+
+async def _closed(communicator: WebsocketCommunicator) -> dict:
+    """The close message, skipping the beats sent before it."""
+    while True:
+        message = await communicator.receive_output(timeout=5)
+        if message["type"] == "websocket.close":
+            return message
