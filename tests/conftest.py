@@ -55,6 +55,24 @@ def orthanc(orthanc_server):
 
 
 @pytest.fixture(scope="session")
+def viewer_orthanc_server(service_dir: Path) -> Iterator:
+    """An Orthanc with DICOMweb and the Orthanc Web Viewer plugin (Debian orthanc-webviewer), for the viewer tests."""
+    from tools.orthanc import WEBVIEWER_PLUGIN, OrthancServer
+
+    if not Path(WEBVIEWER_PLUGIN).exists():
+        pytest.skip("the Orthanc Web Viewer is not installed: apt-get install -y orthanc-webviewer")
+    server = OrthancServer(service_dir / "orthanc-viewer", plugins=[WEBVIEWER_PLUGIN]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def viewer_orthanc(viewer_orthanc_server):
+    viewer_orthanc_server.clear()
+    return viewer_orthanc_server
+
+
+@pytest.fixture(scope="session")
 def redis_server(service_dir: Path) -> Iterator:
     from tools.redis import RedisServer
 

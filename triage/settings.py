@@ -247,6 +247,8 @@ TRIAGE_POLL_LOOKBACK_DAYS = env_int("TRIAGE_POLL_LOOKBACK_DAYS", 7, minimum=0)
 TRIAGE_MAX_WAIT_MINUTES = env_int("TRIAGE_MAX_WAIT_MINUTES", 60, minimum=1)
 TRIAGE_ACK_TIMEOUT_MINUTES = env_int("TRIAGE_ACK_TIMEOUT_MINUTES", 10, minimum=1)
 TRIAGE_VIEWER_URL = env_str("TRIAGE_VIEWER_URL", "")
+# The Orthanc (with the Web Viewer plugin) behind /viewer/<study>/: its web root, as the app and browsers reach it.
+TRIAGE_VIEWER_ORTHANC_URL = env_str("TRIAGE_VIEWER_ORTHANC_URL")
 TRIAGE_ESCALATION_WEBHOOK_URL = env_str("TRIAGE_ESCALATION_WEBHOOK_URL")
 TRIAGE_ESCALATION_WEBHOOK_TIMEOUT_SECONDS = env_float("TRIAGE_ESCALATION_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 # Model alerts: the flag rate of the last N current results per finding is tested against the model card's band.

@@ -1,6 +1,6 @@
-"""In Chromium: the worklist's patient columns and department filter, "open in viewer" from a critical row into the
-Orthanc Web Viewer on the study's images, and one desktop notification per new critical study while the page is
-in the background.
+"""In Chromium: the worklist's patient columns and department filter, "open in viewer" from a critical row into our
+viewer page (the Orthanc Web Viewer framed on the key image, the SR read back from the PACS beside it), and one
+desktop notification per new critical study while the page is in the background.
 
 ``WORKLIST_SCREENSHOT_DIR`` set: the worklist and the viewer are saved there as PNG (docs/img/ holds copies).
 """
@@ -121,24 +121,42 @@ def test_desktop_notification_once_for_a_new_critical_study_while_hidden(live_se
     assert remembered == "on"
 
 
-def test_viewer_opens_on_the_critical_study_images(viewer_server_url, viewer_orthanc, chromium, tmp_path):
-    study_uid, series_uid = upload_phantom_study(viewer_orthanc, tmp_path)
-    item = off_loop(lambda: critical_study(series_uid=series_uid, study_instance_uid=study_uid, **PATIENT))
+def test_viewer_opens_from_a_critical_row_on_the_key_image_with_the_sr_listed(
+    viewer_server_url, viewer_orthanc, chromium, tmp_path
+):
+    phantom = phantom_in_pacs(viewer_orthanc, tmp_path)
+    item, key_slice = off_loop(lambda: critical_study_written_back(viewer_orthanc, *phantom))
+    study_uid = item.study.study_instance_uid
     page = logged_in_page(chromium, viewer_server_url, "rad_v")
-    page.locator(f'#rows tr[data-uid="{item.study.study_instance_uid}"]').click()
+    page.locator(f'#rows tr[data-uid="{study_uid}"]').click()
     link = page.locator("#detail a.button", has_text="Open in viewer")
 
     with page.context.expect_page(timeout=15000) as opened:
         link.click()
     viewer = opened.value
     viewer.wait_for_load_state("load", timeout=30000)
-    viewer.wait_for_function(DRAWN_IMAGE, timeout=60000)
+    drawn_in_frame(viewer)
     screenshot(viewer, "viewer-study.png")
-    series_id = viewer_orthanc_series_id(viewer_orthanc, series_uid)
+    results = viewer.locator(".vw-results").inner_text()
+    key_image_frame = viewer.locator("#vw-frame").get_attribute("src")
+    viewer.locator(".vw-result dd a").first.click()  # the series holding the key slice
+    frame = drawn_in_frame(viewer)
 
     assert link.get_attribute("href") == f"/viewer/{study_uid}/"
-    assert viewer.url.startswith(f"{viewer_orthanc.url}/web-viewer/app/viewer.html?series={series_id}")
-    assert "AXIAL" in viewer.locator("#topright").inner_text().upper()
+    assert key_image_frame.startswith(f"{viewer_orthanc.url}/web-viewer/app/viewer.html?series=")
+    for text in ("Intracranial hemorrhage: Present", "0.93", "0.50", "ich2d 3.0", "not a diagnosis"):
+        assert text in results
+    assert f"image {key_slice + 1} of 12" in results
+    assert "AXIAL" in frame.locator("#topright").inner_text().upper()
+
+
+def drawn_in_frame(viewer):
+    """The framed Orthanc Web Viewer (its own origin) once it has drawn an image."""
+    viewer.wait_for_selector("#vw-frame")
+    frame = viewer.locator("#vw-frame").element_handle().content_frame()
+    frame.wait_for_load_state("load", timeout=30000)
+    frame.wait_for_function(DRAWN_IMAGE, timeout=60000)
+    return frame
 
 
 # The viewer draws with cornerstone onto a canvas on its own origin: some pixel that is neither black nor empty.
@@ -151,8 +169,8 @@ DRAWN_IMAGE = """() => {
 }"""
 
 
-def upload_phantom_study(orthanc, directory: Path) -> tuple[str, str]:
-    """A small synthetic head CT with a subdural bleed, stored in the PACS: (study UID, series UID)."""
+def phantom_in_pacs(orthanc, directory: Path) -> tuple[str, str, int, bytes]:
+    """A synthetic head CT with a subdural bleed stored in the PACS: its study and series UIDs, key slice and image."""
     import pydicom
 
     from inference.dicom_write import write_study
@@ -160,35 +178,49 @@ def upload_phantom_study(orthanc, directory: Path) -> tuple[str, str]:
 
     phantom = generate_ncct(9101, positive=True, subtype="sdh", shape=(12, 256, 256), slice_thickness_mm=5.0)
     info = write_study(phantom, directory, seed=9101, patient={"PatientName": "Moreau^Claire"})
-    files = info.series[0]
-    for path in files:
+    for path in info.series[0]:
         orthanc.upload(path)
-    return info.study_uid, str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    series_uid = str(pydicom.dcmread(info.series[0][0], stop_before_pixels=True).SeriesInstanceUID)
+    return (info.study_uid, series_uid, *phantom_key_image(phantom, score=0.93))
 
 
-def viewer_orthanc_series_id(orthanc, series_uid: str) -> str:
-    import requests
+def critical_study_written_back(orthanc, study_uid: str, series_uid: str, key_slice: int, png: bytes):
+    """The study triaged critical (ICH 0.93) and its SR and key image written back to the PACS."""
+    from tests.triage.writeback_helpers import deliver_due, result_recorded, write_back_source
+    from worklist.services import worklist_item_sync
 
-    hits = requests.post(f"{orthanc.url}/tools/lookup", data=series_uid, timeout=10).json()
-    return next(hit["ID"] for hit in hits if hit["Type"] == "Series")
+    source = write_back_source(orthanc.dicomweb_url)
+    study = StudyFactory(study_instance_uid=study_uid, source=source, **PATIENT)
+    result_recorded(
+        source, study_uid=study_uid, series_uid=series_uid, key_slice=key_slice, png=png,
+        score=0.93, model_name="ich2d", model_version="3.0",
+    )  # fmt: skip
+    deliver_due()
+    return worklist_item_sync(study=study), key_slice
 
 
-@pytest.fixture(scope="module")
-def viewer_orthanc(service_dir):
-    """An Orthanc with DICOMweb and the Orthanc Web Viewer plugin (Debian orthanc-webviewer)."""
-    from tools.orthanc import WEBVIEWER_PLUGIN, OrthancServer
+def phantom_key_image(phantom, *, score: float) -> tuple[int, bytes]:
+    """The app's own key image (inference.keyimage) on the bleed's largest slice, the bleed as the heatmap."""
+    import numpy as np
 
-    if not Path(WEBVIEWER_PLUGIN).exists():
-        pytest.skip("the Orthanc Web Viewer is not installed: apt-get install -y orthanc-webviewer")
-    server = OrthancServer(service_dir / "orthanc-viewer", plugins=[WEBVIEWER_PLUGIN]).start()
-    yield server
-    server.stop()
+    from inference.keyimage import render_key_image
+    from inference.runner import TriageOutput
+
+    mask = phantom.mask.astype(bool)
+    z = int(mask.sum(axis=(1, 2)).argmax())
+    ys, xs = np.nonzero(mask[z])
+    height, width = mask.shape[1:]
+    output = TriageOutput(
+        finding="ich", model_name="ich2d", model_version="3.0", score=score, threshold=0.5, positive=True,
+        key_slice=z, box=[z, int(ys.min()), int(xs.min()), z + 1, int(ys.max()) + 1, int(xs.max()) + 1],
+        heatmap=mask[z, :: height // 64, :: width // 64].astype(np.float32), heatmap_extent=[0, 0, height, width],
+    )  # fmt: skip
+    return z, render_key_image(phantom.volume_hu, output)
 
 
 @pytest.fixture
 def viewer_env(viewer_orthanc, monkeypatch):
     """The server process (started after this) points its PACS and its viewer links at that Orthanc."""
-    viewer_orthanc.clear()
     monkeypatch.setenv("TRIAGE_DICOMWEB_URL", viewer_orthanc.dicomweb_url)
     monkeypatch.setenv("TRIAGE_VIEWER_URL", "/viewer/{study_instance_uid}/")
 
