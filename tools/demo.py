@@ -186,7 +186,7 @@ def main() -> int:
         "TRIAGE_HTTP_PORT": str(port),
     }
     if viewer:
-        # triage/viewer.py finds the study's key series in the PACS and redirects to the viewer on it.
+        # triage/viewer.py frames the viewer on the study's key image beside the AI results read back from the PACS.
         env.setdefault("TRIAGE_VIEWER_URL", "/viewer/{study_instance_uid}/")
     env.pop("DATABASE_URL", None)
     env, redis_port = event_path(env)
