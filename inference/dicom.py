@@ -10,7 +10,8 @@ Codes:
 - ``missing_pixel_data``: an instance without Pixel Data.
 - ``unsupported_transfer_syntax``: a transfer syntax outside ``inference.dicom_header.SUPPORTED_TRANSFER_SYNTAXES``.
 - ``unsupported_image``: colour, floating-point or multi-frame images without per-frame geometry.
-- ``invalid_header``: a required attribute (rows, position, orientation, pixel spacing, rescale) missing or malformed.
+- ``invalid_header``: a required attribute (rows, position, orientation, pixel spacing, rescale) missing or malformed,
+  or native pixel data longer than Rows × Columns × Number of Frames × Bits Allocated declare.
 - ``not_ct``: a modality outside the ones asked for.
 - ``mixed_orientation``: slices with different orientations.
 - ``inconsistent_geometry``: rows, columns or pixel spacing differ, or the slice spacing is irregular.
@@ -20,6 +21,8 @@ Codes:
 - ``missing_slices``: a step between neighbouring slices over ``gap_tolerance`` times the median step.
 - ``too_few_slices``: fewer slices than ``min_slices`` after duplicates are dropped.
 - ``series_too_large``: more instances than ``max_instances``, or a volume over ``max_bytes``.
+- ``instance_too_large``: one instance whose file, inflated data set (Deflated Explicit VR Little Endian) or declared
+  pixel data is over ``max_instance_bytes``; refused before anything of that size is allocated.
 
 Slices are sorted along the slice normal (row cosines × column cosines), so ``hu[0]`` is the slice with the lowest
 position along the normal; for axial images with the usual orientation that is the most inferior slice.
@@ -137,13 +140,15 @@ def assemble_volume(
     *,
     max_bytes: int | None = None,
     max_instances: int | None = None,
+    max_instance_bytes: int | None = None,
     min_slices: int = 3,
     modalities: Sequence[str] | None = ("CT",),
     gap_tolerance: float = 1.5,
 ) -> Volume:
     """Sort, check and decode one series into a float32 HU volume (z, y, x).
 
-    ``max_bytes`` bounds the float32 volume; ``modalities=None`` accepts any modality (tests use MR files).
+    ``max_bytes`` bounds the float32 volume, ``max_instance_bytes`` each instance's stored pixel data as its header
+    declares it (checked against the real length); ``modalities=None`` accepts any modality (tests use MR files).
     """
     _check_instance_count(len(datasets), max_instances)
     _check_size_from_headers(datasets, max_bytes)
@@ -151,7 +156,7 @@ def assemble_volume(
     syntaxes: set[str] = set()
     for index, ds in enumerate(datasets):
         label = _instance_label(ds, index)
-        validate_instance(ds, label=label)
+        validate_instance(ds, label=label, max_bytes=max_instance_bytes)
         _check_modality(ds, modalities, label)
         syntaxes.add(str(ds.file_meta.TransferSyntaxUID))
         frames.extend(_frames_of(ds, label))

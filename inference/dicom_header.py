@@ -10,14 +10,16 @@ import io
 import math
 import os
 import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
 
 SUPPORTED_TRANSFER_SYNTAXES: dict[str, str] = {
     "1.2.840.10008.1.2": "Implicit VR Little Endian",
@@ -37,9 +39,11 @@ SUPPORTED_TRANSFER_SYNTAXES: dict[str, str] = {
 }
 
 
-NATIVE_TRANSFER_SYNTAXES = frozenset(
-    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"}
-)
+DEFLATED = "1.2.840.10008.1.2.1.99"
+NATIVE_TRANSFER_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", DEFLATED, "1.2.840.10008.1.2.2"})
+
+# One instance's bytes, inflated or decoded, when the caller names no limit: bounded is the only way to read.
+DEFAULT_MAX_INSTANCE_BYTES = 1 << 30
 
 
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -71,15 +75,15 @@ class VolumeError(Exception):
         self.message = message
 
 
-def read_dataset(data: bytes | bytearray | memoryview | str | os.PathLike[str]) -> Dataset:
-    """Parse one DICOM Part 10 file (bytes or a path) and check it can give pixels, without decoding them."""
+def read_dataset(
+    data: bytes | bytearray | memoryview | str | os.PathLike[str], *, max_bytes: int = DEFAULT_MAX_INSTANCE_BYTES
+) -> Dataset:
+    """Parse one DICOM Part 10 file (bytes or a path) and check it can give pixels, without decoding them.
+
+    ``max_bytes`` bounds the file, its inflated data set (deflated transfer syntax) and its decoded pixel data.
+    """
     raw = bytes(data) if isinstance(data, bytes | bytearray | memoryview) else Path(data).read_bytes()
-    try:
-        ds: Dataset = pydicom.dcmread(io.BytesIO(raw))
-    except InvalidDicomError:
-        ds = _read_without_preamble(raw)
-    except _READ_ERRORS as err:
-        raise VolumeError("corrupt_file", f"The file could not be read as DICOM ({type(err).__name__}).") from err
+    ds = parse_part10(raw, max_bytes=max_bytes)
     if len(ds) == 0:
         raise VolumeError("corrupt_file", "The file holds no data set after its file meta information.")
     try:
@@ -88,11 +92,63 @@ def read_dataset(data: bytes | bytearray | memoryview | str | os.PathLike[str]) 
             pass
     except _READ_ERRORS as err:
         raise VolumeError("corrupt_file", f"The file has a malformed element ({type(err).__name__}).") from err
-    validate_instance(ds, label="the file")
+    validate_instance(ds, label="the file", max_bytes=max_bytes)
     return ds
 
 
-def _read_without_preamble(raw: bytes) -> Dataset:
+def parse_part10(
+    raw: bytes | bytearray, *, max_bytes: int = DEFAULT_MAX_INSTANCE_BYTES, label: str = "the file"
+) -> Dataset:
+    """Parse a Part 10 file without any check beyond its size; a deflated data set is inflated within ``max_bytes``.
+
+    pydicom inflates a deflated data set with one unbounded ``zlib.decompress``: a few kilobytes of zeros would
+    become gigabytes. Such files are read here instead, through a decompressor that stops at the limit.
+    """
+    if len(raw) > max_bytes:
+        raise VolumeError("instance_too_large", f"{_cap(label)} has {_mib(len(raw))}; the limit is {_mib(max_bytes)}.")
+    try:
+        fp = io.BytesIO(raw)
+        preamble = read_preamble(fp, True)  # force: no preamble rewinds, and the checks below decide
+        meta = _read_file_meta_info(fp)
+        if str(meta.get("TransferSyntaxUID", "")).strip() == DEFLATED:
+            return _read_deflated(fp, preamble, meta, max_bytes=max_bytes, label=label)
+        ds: Dataset = pydicom.dcmread(io.BytesIO(raw))
+    except InvalidDicomError:
+        ds = _read_without_preamble(raw)
+    except _READ_ERRORS as err:
+        raise VolumeError("corrupt_file", f"The file could not be read as DICOM ({type(err).__name__}).") from err
+    return ds
+
+
+def _read_deflated(
+    fp: io.BytesIO, preamble: bytes | None, meta: FileMetaDataset, *, max_bytes: int, label: str
+) -> Dataset:
+    """What pydicom's reader does for Deflated Explicit VR Little Endian, with a bounded inflation."""
+    inflated = io.BytesIO(inflate_bounded(fp.read(), max_bytes=max_bytes, label=label))
+    dataset = pydicom.filereader.read_dataset(inflated, is_implicit_VR=False, is_little_endian=True)
+    ds = FileDataset(inflated, dataset, preamble=preamble, file_meta=meta, is_implicit_VR=False, is_little_endian=True)
+    ds.set_original_encoding(False, True, dataset.original_character_set)
+    return ds
+
+
+def inflate_bounded(zipped: bytes, *, max_bytes: int, label: str = "the file") -> bytes:
+    """Inflate raw deflate data (PS3.5 A.5) to at most ``max_bytes``; a larger result is refused, not built."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(zipped, max_bytes + 1)
+    except zlib.error as err:
+        raise VolumeError("corrupt_file", f"The deflated data set of {label} cannot be inflated.") from err
+    if len(inflated) > max_bytes or inflater.unconsumed_tail:
+        raise VolumeError(
+            "instance_too_large",
+            f"The deflated data set of {label} inflates to more than {_mib(max_bytes)}, the limit.",
+        )
+    if not inflater.eof:
+        raise VolumeError("corrupt_file", f"The deflated data set of {label} is truncated.")
+    return inflated
+
+
+def _read_without_preamble(raw: bytes | bytearray) -> Dataset:
     """Some senders omit the 128-byte preamble; accept them only when file meta information follows."""
     if not raw.startswith(b"\x02\x00"):
         raise VolumeError("corrupt_file", "The file is not DICOM: it has no DICOM preamble or file meta information.")
@@ -110,14 +166,18 @@ def _check_ends_on_an_element(ds: Dataset, size: int) -> None:
         if isinstance(elem, RawDataElement) and elem.length != _UNDEFINED_LENGTH and elem.value_tell is not None:
             ends.append(elem.value_tell + elem.length)
     syntax = str(getattr(ds, "file_meta", {}).get("TransferSyntaxUID", ""))
-    if not ends or syntax == "1.2.840.10008.1.2.1.99":  # deflated: positions refer to the inflated stream
+    if not ends or syntax == DEFLATED:  # deflated: positions refer to the inflated stream
         return
     if 0 < size - max(ends) < 8:
         raise VolumeError("corrupt_file", "The file is truncated.")
 
 
-def validate_instance(ds: Dataset, *, label: str = "the instance") -> None:
-    """Header checks that need no decoding: transfer syntax, pixel data present, complete and grayscale."""
+def validate_instance(ds: Dataset, *, label: str = "the instance", max_bytes: int | None = None) -> None:
+    """Header checks that need no decoding: transfer syntax, pixel data present, complete and grayscale.
+
+    The pixel data must be exactly what Rows × Columns × Number of Frames × Bits Allocated declare (native syntaxes),
+    and that size must fit ``max_bytes``, so nothing sized from the header can be allocated beyond the limit.
+    """
     _check_not_truncated(ds, label)
     if getattr(ds, "file_meta", None) is not None:
         _check_not_truncated(ds.file_meta, label)
@@ -140,7 +200,14 @@ def validate_instance(ds: Dataset, *, label: str = "the instance") -> None:
     rows, columns = _int_attr(ds, "Rows", label), _int_attr(ds, "Columns", label)
     if rows <= 0 or columns <= 0:
         raise VolumeError("invalid_header", f"{_cap(label)} has an empty image ({rows}×{columns}).")
-    _check_pixel_data_length(ds, syntax, rows * columns * _frames(ds) * bits // 8, label)
+    declared = rows * columns * _frames(ds) * bits // 8
+    _check_pixel_data_length(ds, syntax, declared, label)
+    if max_bytes is not None and declared > max_bytes:
+        raise VolumeError(
+            "instance_too_large",
+            f"{_cap(label)} declares {_mib(declared)} of pixels ({rows}×{columns}, {_frames(ds)} frame(s), "
+            f"{bits} bits); the limit is {_mib(max_bytes)}.",
+        )
 
 
 def _check_not_truncated(ds: Dataset, label: str) -> None:
@@ -175,6 +242,12 @@ def _check_pixel_data_length(ds: Dataset, syntax: str, expected: int, label: str
     if syntax in NATIVE_TRANSFER_SYNTAXES:
         if length < expected:
             raise VolumeError("corrupt_file", f"{_cap(label)} has truncated pixel data ({length} of {expected} bytes).")
+        if length > expected + expected % 2:  # native pixel data is padded to an even length, never more
+            raise VolumeError(
+                "invalid_header",
+                f"{_cap(label)} holds {length} bytes of pixel data, but its Rows, Columns, Number of Frames and "
+                f"Bits Allocated declare {expected}.",
+            )
         return
     data = bytes(value.value) if value is not None else b""
     if not _items_fill(data):
@@ -261,4 +334,4 @@ def _fmt(values: Any) -> str:
 
 
 def _mib(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.1f} MiB"
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes} bytes"

@@ -229,6 +229,10 @@ TRIAGE_POLL_SECONDS = env_float("TRIAGE_POLL_SECONDS", 10.0, minimum=0.1)
 # Operational knobs with safe defaults (README lists them).
 TRIAGE_MAX_SERIES_BYTES = env_int("TRIAGE_MAX_SERIES_BYTES", 1_500_000_000, minimum=1)
 TRIAGE_MAX_SERIES_INSTANCES = env_int("TRIAGE_MAX_SERIES_INSTANCES", 2000, minimum=1)
+# WADO-RS retrieval is read as a stream and stopped at these: one instance (as sent, inflated or as its pixel data
+# declares) and one series as sent by the PACS, so a runaway or hostile response never fills a worker's memory.
+TRIAGE_MAX_INSTANCE_BYTES = env_int("TRIAGE_MAX_INSTANCE_BYTES", 800_000_000, minimum=1)
+TRIAGE_MAX_SERIES_DOWNLOAD_BYTES = env_int("TRIAGE_MAX_SERIES_DOWNLOAD_BYTES", 1_000_000_000, minimum=1)
 # Validation exports (docs/validation-export.md): zips of de-identified studies, never served as static files.
 TRIAGE_EXPORT_DIR = Path(env_str("TRIAGE_EXPORT_DIR", str(BASE_DIR / ".run" / "exports")) or "")
 TRIAGE_JOB_LEASE_SECONDS = env_int("TRIAGE_JOB_LEASE_SECONDS", 120, minimum=1)

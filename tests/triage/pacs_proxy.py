@@ -1,14 +1,17 @@
-"""A fault-injecting HTTP proxy in front of the test Orthanc: errors, delays, and a gate that holds retrievals.
+"""A fault-injecting HTTP proxy in front of the test Orthanc: errors, delays, a gate that holds retrievals, and
+crafted retrieval responses.
 
 Real requests go to the real Orthanc; the proxy only decides, per request, to answer an error instead, to answer
-late, or to wait for the test to open the gate (so a test can kill a worker while its retrieval is in flight).
+late, to wait for the test to open the gate (so a test can kill a worker while its retrieval is in flight), or to
+stream a body the test made (``crafted_retrieval``: headers and chunks, sent with chunked encoding as they are made,
+``sent_bytes`` counting what left before the client hung up).
 """
 
 from __future__ import annotations
 
 import http.server
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import requests
@@ -36,6 +39,8 @@ class Faults:
     retrieval_started: threading.Event = field(default_factory=threading.Event)
     seen: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    crafted_retrieval: Callable[[], tuple[dict[str, str], Iterable[bytes]]] | None = None
+    sent_bytes: int = 0
 
     def take(self, counter: str) -> bool:
         with self.lock:
@@ -88,7 +93,25 @@ class PacsProxy:
                     return
                 if faults.take("delay_next"):
                     threading.Event().wait(faults.delay_seconds)
+                if is_retrieval(self.path) and faults.crafted_retrieval is not None:
+                    self._stream(*faults.crafted_retrieval())
+                    return
                 self._forward()
+
+            def _stream(self, headers: dict[str, str], chunks: Iterable[bytes]) -> None:
+                self.close_connection = True
+                try:
+                    self.send_response(200)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for chunk in chunks:
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        proxy.faults.sent_bytes += len(chunk)
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def _forward(self) -> None:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in {"host", *HOP_HEADERS}}

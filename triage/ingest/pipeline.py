@@ -291,13 +291,18 @@ def series_volume(*, pacs: Pacs, series: Series, instance: dict | None = None, l
         datasets = pacs.retrieve_series(
             series.study.study_instance_uid, series.series_instance_uid, max_instances=max_instances
         )
-    except SeriesTooLarge as err:
-        raise VolumeError("series_too_large", err.message) from None
+    except SeriesTooLarge as err:  # or InstanceTooLarge: its own code
+        raise VolumeError(err.code, err.message) from None
     if series.instance_count and len(datasets) != series.instance_count and not last_try:
         raise StudyUnsettled(
             f"A series held {series.instance_count} instances when routed and {len(datasets)} when retrieved."
         )
-    return assemble_volume(datasets, max_bytes=max_bytes, max_instances=max_instances)
+    return assemble_volume(
+        datasets,
+        max_bytes=max_bytes,
+        max_instances=max_instances,
+        max_instance_bytes=settings.TRIAGE_MAX_INSTANCE_BYTES,
+    )
 
 
 def _int_tag(item: dict, tag: str) -> int | None:
