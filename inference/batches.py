@@ -33,14 +33,58 @@ def lvo_channels(hu: torch.Tensor) -> torch.Tensor:
     return torch.stack([w, w.flip(-1)], dim=0)
 
 
-def _augment_hu(hu: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Scanner-like variation: HU offset, contrast about water, extra noise."""
+# Soft-tissue HU of the training generators (families A and B): CSF 8, white matter 26, grey matter 40, acute blood
+# 55-88, calcification above 100, opacified arteries 250-450. ``_remap_tissue`` moves each of these per sample within
+# ranges wider than scanners produce (the family-R ranges in inference/phantoms/randomise.py, widened further for
+# grey-white contrast), keeping their order and blood above grey matter, so a network cannot learn "brighter than
+# 45 HU is blood" or "arteries read 300 HU": only what blood or an occlusion looks like next to its surroundings.
+AUGMENTATION_NOTE = (
+    "Training-time intensity randomisation on every family (inference/batches.py): 80% of training crops pass "
+    "through a random monotone HU map: CSF -4 to 18 HU, white matter 12 to 38, grey matter 3 to 24 HU above white "
+    "matter, acute blood at least 6 to 14 HU above grey matter and 46 to 115 HU, calcification 95 to 140, CTA "
+    "arteries scaled 0.55 to 1.6, bone 0.6 to 1.35, calibration offset -10 to +10 HU; then white or correlated "
+    "noise of 0 to 5 HU."
+)
+_TISSUE_SRC = (-1024.0, -900.0, -200.0, 8.0, 26.0, 40.0, 55.0, 88.0, 110.0, 250.0, 450.0, 1000.0, 3071.0)
+
+
+def _remap_tissue(x: torch.Tensor, rng: np.random.Generator, finding: str) -> torch.Tensor:
+    """A random monotone piecewise-linear HU map of a sample (SynthSeg-style intensity randomisation)."""
+    u = rng.uniform
+    csf = u(-4.0, 18.0)
+    white = max(u(12.0, 38.0), csf + 5.0)
+    grey = white + u(3.0, 24.0)  # grey-white 7-15 HU on real scanners, deep nuclei up to about 20: widened
+    blood_low = max(u(46.0, 75.0), grey + u(6.0, 14.0))
+    blood_high = blood_low + u(12.0, 40.0)
+    calcium = max(u(95.0, 140.0), blood_high + 8.0)
+    vessel = u(0.55, 1.6) if finding == "lvo" else u(0.8, 1.25)
+    bone = u(0.6, 1.35)
+    offset = u(-10.0, 10.0)
+    dst = [-1024.0, -900.0, u(-230.0, -170.0), csf, white, grey, blood_low, blood_high, calcium]
+    dst += [max(250.0 * vessel, calcium + 15.0), max(450.0 * vessel, calcium + 40.0), 1000.0 * bone, 3071.0]
+    dst_t = torch.tensor(dst, dtype=torch.float32)
+    dst_t[2:-1] += offset  # air stays air
+    dst_t = torch.cummax(dst_t, dim=0).values
+    src_t = torch.tensor(_TISSUE_SRC, dtype=torch.float32)
+    x = x.clamp(src_t[0], src_t[-1])
+    upper = torch.bucketize(x, src_t).clamp(1, len(_TISSUE_SRC) - 1)
+    x0, x1, y0, y1 = src_t[upper - 1], src_t[upper], dst_t[upper - 1], dst_t[upper]
+    return y0 + (x - x0) * (y1 - y0) / (x1 - x0)
+
+
+def _augment_hu(hu: torch.Tensor, rng: np.random.Generator, finding: str = "ich") -> torch.Tensor:
+    """Scanner-like variation: tissue HU remapped (most samples), then extra noise, white or kernel-shaped."""
     x = hu.float()
-    x = x + float(rng.uniform(-4.0, 4.0))
-    x = x * float(rng.uniform(0.95, 1.05))
-    sigma = float(rng.uniform(0.0, 3.0))
-    if sigma > 0:
-        x = x + sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
+    if rng.random() < 0.8:
+        x = _remap_tissue(x, rng, finding)
+    sigma = float(rng.uniform(0.0, 5.0))
+    if sigma > 0.5:
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        noise = torch.randn(x.shape, generator=gen)
+        if rng.random() < 0.5:  # correlated (soft-kernel) grain, rescaled to the same standard deviation
+            flat = noise.reshape(-1, 1, *noise.shape[-2:])
+            noise = F.avg_pool2d(flat, 3, stride=1, padding=1).reshape(noise.shape) * 3.0
+        x = x + sigma * noise
     return x
 
 
@@ -108,7 +152,7 @@ def ich_batch(
         hu, cam, sl = s["hu"][crop], s["cam_target"][crop], s["slice_target"][crop]
         if augment:
             hu, cam = _shift(hu, cam.clone(), rng)
-            hu = _augment_hu(hu, rng)
+            hu = _augment_hu(hu, rng, "ich")
             if rng.random() < 0.5:
                 hu, cam = hu.flip(-1), cam.flip(-1)
             hu, cam = _reorient(hu, cam, rng, ((-2, 0.15),))
@@ -151,7 +195,7 @@ def lvo_batch(samples: list[dict[str, Any]], rng: np.random.Generator, *, augmen
     for s in samples:
         hu, cam, side = s["hu"], s["cam_target"], s["side"]
         if augment:
-            hu = _augment_hu(hu, rng)
+            hu = _augment_hu(hu, rng, "lvo")
             if rng.random() < 0.5:
                 hu, cam = hu.flip(-1), cam.flip(-1)
                 side = {"left": "right", "right": "left"}.get(side, side)

@@ -131,9 +131,43 @@ def render_markdown(card: dict[str, Any]) -> str:
     if card.get("validation", {}).get("auc"):
         lines += ["", *_validation_markdown(card["validation"])]
     # "evaluation": held out, the training generator family; "evaluation_family_<X>": a family never trained on.
-    for key in sorted(k for k in card if k.startswith("evaluation")):
+    for key in sorted(k for k in card if k.startswith("evaluation") and not k.startswith(ROBUSTNESS_PREFIX)):
         lines += ["", *_evaluation_markdown(card[key])]
+    robustness = [card[k] for k in sorted(card) if k.startswith(ROBUSTNESS_PREFIX)]
+    if robustness:
+        lines += ["", *_robustness_markdown(robustness)]
+    if card.get("randomisation"):
+        lines += ["", *_randomisation_markdown(card["randomisation"])]
     return "\n".join(lines) + "\n"
+
+
+# ``python -m inference.robustness --update-card`` writes one section per shift, numbered in table order.
+ROBUSTNESS_PREFIX = "evaluation_robustness_"
+
+
+def _robustness_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Robustness: one shift at a time (synthetic phantoms)",
+        "| phantoms | n | AUC | sensitivity | specificity |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        op = r["operating_point"]
+        lines.append(
+            f"| {r['family']} | {r['count']} | {_iv(r['auc'])} | {_iv(op['sensitivity'])} | {_iv(op['specificity'])} |"
+        )
+    return lines
+
+
+def _randomisation_markdown(ranges: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Domain randomisation ranges (training phantoms, drawn per study)",
+        "| parameter | range | source |",
+        "| --- | --- | --- |",
+    ]
+    for name, r in ranges.items():
+        lines.append(f"| {name} | {r['low']:g} to {r['high']:g} {r['unit']} | {r['source']} |")
+    return lines
 
 
 def _training_markdown(t: dict[str, Any]) -> list[str]:

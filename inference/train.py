@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from inference import stats
 from inference.batches import (
+    AUGMENTATION_NOTE,
     BATCHERS,
     hardest_slices,
     ich_batch,
@@ -345,7 +346,8 @@ def with_card_notes(summary: dict[str, Any], family: str, lineage: str | None) -
     """Adds the phantom statement to the limits and, for family R, the randomisation ranges (JSON and one line)."""
     summary = {**summary, "limits": [*LIMITS, PHANTOM_FIGURES]}
     parts = [lineage] if lineage else []
-    if family == "R":
+    parts.append(AUGMENTATION_NOTE)
+    if "R" in family.split("+"):
         ranges = randomisation_notes()
         summary["randomisation"] = ranges
         listed = "; ".join(f"{k} {v['low']:g} to {v['high']:g} {v['unit']} ({v['source']})" for k, v in ranges.items())
@@ -385,7 +387,9 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes generating phantoms")
     p.add_argument("--target-sensitivity", type=float, default=0.95)
     p.add_argument(
-        "--family", default="A", help="phantom generator family used for training: A, B or R (domain randomisation)"
+        "--family",
+        default="A",
+        help="phantom generator family used for training: A, B or R (domain randomisation), or a mixture (A+R)",
     )
     p.add_argument("--time-budget-min", type=float, default=None, help="stop training after this many minutes")
     p.add_argument("--cache", type=Path, default=None, help="keep generated samples here for later runs")
@@ -408,8 +412,8 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     a = p.parse_args(argv)
     if a.architecture and ARCHITECTURES[a.architecture].finding != a.finding:
         p.error(f"--architecture {a.architecture} is not for --finding {a.finding}")
-    if a.family == "C":
-        p.error("--family C is kept for evaluation only; train on A, B or R (randomised)")
+    if not set(a.family.split("+")) <= {"A", "B", "R"}:
+        p.error("--family is A, B or R (randomised), or a mixture such as A+R; C is kept for evaluation only")
     if a.epochs < 0 or (a.epochs == 0 and a.init is None):
         p.error("--epochs must be at least 1, or 0 with --init (weights to calibrate)")
     if a.finding != "ich" and (a.mine_hard_negatives or a.repeat_small):

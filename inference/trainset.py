@@ -105,7 +105,14 @@ class PhantomDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         positive, subtype = phantom_plan(self.finding, index)
         seed = phantom_seed(self.run_seed, index, validation=self.validation)
-        return make_sample(generate(self.finding, seed, positive, subtype, self.family))
+        return make_sample(generate(self.finding, seed, positive, subtype, family_of(self.family, index)))
+
+
+def family_of(families: str, index: int) -> str:
+    """The generator family of phantom ``index`` in a mixture such as ``"A+R"``: each positive-negative pair (see
+    ``phantom_plan``) comes from one family, the families in turn, so every family gives both classes."""
+    names = families.split("+")
+    return names[(index // 2) % len(names)]
 
 
 def _worker_init(_: int) -> None:

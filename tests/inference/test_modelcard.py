@@ -83,3 +83,41 @@ def test_flag_rate_band_at_the_cards_threshold_is_the_operating_point():
 def test_flag_rate_band_at_another_threshold_comes_from_the_histograms():
     low, high = modelcard.flag_rate_band(CARD, 0.375)
     assert (low, high) == pytest.approx((0.05 * 0.95 + 0.95 * 0.25, 0.25 * 0.95 + 0.75 * 0.25))
+
+
+def _minimal_card() -> dict:
+    return {
+        "name": "ich2d-v3",
+        "version": "9.9.9",
+        "finding": "ich",
+        "architecture": "ich2d-v3",
+        "parameters": 1,
+        "weights_file": "ich2d-v3.pt",
+        "sha256": "0" * 64,
+        "threshold": 0.5,
+        "target_sensitivity": 0.95,
+        "intended_use": "Triage.",
+        "limits": ["Synthetic."],
+    }
+
+
+def _interval(value: float) -> dict:
+    return {"estimate": value, "low": value - 0.01, "high": value + 0.01}
+
+
+def test_card_markdown_has_one_robustness_table_and_the_randomisation_ranges() -> None:
+    row = {"family": "A under noise x2", "count": 40, "auc": _interval(0.9)}
+    row["operating_point"] = {"sensitivity": _interval(0.8), "specificity": _interval(0.7)}
+    card = {
+        **_minimal_card(),
+        f"{modelcard.ROBUSTNESS_PREFIX}00_none": {**row, "family": "A, no shift"},
+        f"{modelcard.ROBUSTNESS_PREFIX}01_noise_x2": row,
+        "randomisation": {"csf_hu": {"low": -4, "high": 18, "unit": "HU", "source": "attenuation tables"}},
+    }
+
+    text = modelcard.render_markdown(card)
+
+    assert text.count("## Robustness") == 1
+    assert "| A under noise x2 | 40 | 0.900 (95% CI 0.890–0.910) |" in text
+    assert "Held-out evaluation" not in text
+    assert "| csf_hu | -4 to 18 HU | attenuation tables |" in text

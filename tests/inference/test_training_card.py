@@ -15,7 +15,9 @@ def test_randomised_training_card_lists_every_range_with_its_source() -> None:
 
     assert set(summary["randomisation"]) == set(RANGES)
     assert all(entry["source"] for entry in summary["randomisation"].values())
-    assert summary["training"]["lineage"].startswith("Fine-tuned from lvo3d-v1 1.1.0. Domain randomisation")
+    lineage = summary["training"]["lineage"]
+    assert lineage.startswith("Fine-tuned from lvo3d-v1 1.1.0. Training-time intensity randomisation")
+    assert "Domain randomisation (generator family R" in lineage
 
 
 def test_every_card_states_what_phantom_figures_mean() -> None:
@@ -23,3 +25,9 @@ def test_every_card_states_what_phantom_figures_mean() -> None:
 
     assert PHANTOM_FIGURES in summary["limits"]
     assert "randomisation" not in summary
+
+
+def test_a_mixture_with_family_r_lists_the_ranges_too() -> None:
+    summary = with_card_notes(_summary(), "A+R", None)
+
+    assert set(summary["randomisation"]) == set(RANGES)
