@@ -8,7 +8,8 @@ Processes, by role (``TRIAGE_ROLES``, default all; docs/deployment.md says what 
 
 - ``web``: daphne (HTTP + WebSockets) on 127.0.0.1:$TRIAGE_HTTP_PORT; with ``TRIAGE_WEB_PROCESSES`` = N > 1, N
   daphne processes on internal loopback ports behind an nginx on $TRIAGE_HTTP_PORT (config from deploy/nginx/);
-- ``ingest``: django-tasks database workers on the ``ingest`` queue (``TRIAGE_WORKERS_INGEST``);
+- ``ingest``: ingest workers (``triage_ingest``, django-tasks' ``db_worker`` with the models loaded before the first
+  task) on the ``ingest`` queue (``TRIAGE_WORKERS_INGEST``);
 - ``outbox``: database workers on ``outbox,exports,default`` (``TRIAGE_WORKERS_OUTBOX``), the FHIR outbox and
   PACS write-back loops;
 - ``loops``: the PACS poller (with the job sweeper) and the escalation loop;
@@ -150,17 +151,18 @@ def process_table(
     return [program for program in table if program.processes > 0]
 
 
-def _worker_args() -> list[str]:
-    return ["db_worker", "--interval", "0.2", "--no-reload", "--no-startup-delay"]
+def _worker_args(command: str = "db_worker") -> list[str]:
+    return [command, "--interval", "0.2", "--no-reload", "--no-startup-delay"]
 
 
 def _ingest_program(env: dict[str, str]) -> Program:
     ingest = _count(env, "TRIAGE_WORKERS_INGEST", 2)
     if ingest == 0:
         raise RunRefused("TRIAGE_WORKERS_INGEST is 0: no process would triage a study")
+    # triage_ingest is db_worker with the models loaded and freed memory kept before the first task.
     return Program(
         "ingest",
-        _manage(*_worker_args(), "--queue-name", "ingest"),
+        _manage(*_worker_args("triage_ingest"), "--queue-name", "ingest"),
         ingest,
         (("TRIAGE_TORCH_THREADS", torch_threads(env, ingest)),),
     )

@@ -6,6 +6,7 @@ never loads it: a web process enqueues jobs but never runs a model.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -15,11 +16,13 @@ from django.conf import settings
 
 from triage.core.exceptions import ModelUnavailable
 from triage.core.selectors import model_config_for, threshold_for
-from triage.models import DicomWebSource
+from triage.models import DicomWebSource, Finding
 
 if TYPE_CHECKING:
     from inference.dicom import Volume
     from inference.runner import ModelRunner, TriageOutput
+
+logger = logging.getLogger(__name__)
 
 
 def model_runner(*, finding: str) -> ModelRunner | None:
@@ -33,6 +36,19 @@ def model_runner(*, finding: str) -> ModelRunner | None:
         sha256=(config.weights_sha256 or None) if config else None,
         device=settings.TRIAGE_DEVICE,
     )
+
+
+def runners_preload() -> list[str]:
+    """Load every enabled model now (an ingest worker at start-up), so that the first study does not wait for torch
+    and the weights. Returns the findings loaded; a model that cannot be loaded is left to the job, which retries."""
+    loaded = []
+    for finding in Finding.values:
+        try:
+            if model_runner(finding=finding) is not None:
+                loaded.append(finding)
+        except ModelUnavailable as err:
+            logger.warning("model %s not loaded at start-up: %s", finding, err.message)
+    return loaded
 
 
 @lru_cache(maxsize=8)
