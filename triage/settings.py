@@ -257,6 +257,9 @@ TRIAGE_ESCALATION_WEBHOOK_URL = env_str("TRIAGE_ESCALATION_WEBHOOK_URL")
 TRIAGE_ESCALATION_WEBHOOK_TIMEOUT_SECONDS = env_float("TRIAGE_ESCALATION_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 # Model alerts: the flag rate of the last N current results per finding is tested against the model card's band.
 TRIAGE_FLAG_RATE_WINDOW = env_int("TRIAGE_FLAG_RATE_WINDOW", 20, minimum=10)
+# Shadow mode (docs/shadow-mode.md): candidate models' runs and inference seconds per rolling hour; 0 = no cap.
+TRIAGE_SHADOW_MAX_PER_HOUR = env_int("TRIAGE_SHADOW_MAX_PER_HOUR", 0, minimum=0)
+TRIAGE_SHADOW_MAX_SECONDS_PER_HOUR = env_float("TRIAGE_SHADOW_MAX_SECONDS_PER_HOUR", 0.0, minimum=0.0)
 # Absolute address of this app, for links in escalation messages.
 TRIAGE_PUBLIC_URL = env_str("TRIAGE_PUBLIC_URL", f"http://127.0.0.1:{TRIAGE_HTTP_PORT}")
 

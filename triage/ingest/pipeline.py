@@ -33,6 +33,7 @@ from triage.ingest.dicomweb import (
 from triage.ingest.routing import default_routing_rules, route_series, series_tags_from_dicom_json
 from triage.ingest.runners import key_image, model_runner, runner_infer
 from triage.ingest.services import results_record
+from triage.ingest.shadow import shadow_run_pending, shadow_wanted
 from triage.ingest.tags import series_defaults, study_tags_apply
 from triage.models import JobState, RoutingRule, Series, Study, TriageJob
 
@@ -68,6 +69,8 @@ class Outcome:
     routed: int = 0
     checked: int = 0
     notes: list[str] = field(default_factory=list)
+    # Volumes kept for the shadow candidates, read only after the live results are committed.
+    shadow: list[tuple[Series, Volume]] = field(default_factory=list)
 
 
 @contextmanager
@@ -135,7 +138,9 @@ def _job_run(job: TriageJob, worker_id: str, timings: dict[str, float]) -> str:
     outcome = Outcome(routed=len(routed), checked=Series.objects.filter(study=study).count())
     for series in routed:
         series_triage(job=job, worker_id=worker_id, pacs=pacs, series=series, outcome=outcome, timings=timings)
-    return _job_conclude(job, worker_id, timings, outcome)
+    state = _job_conclude(job, worker_id, timings, outcome)
+    shadow_run_pending(job=job, pending=outcome.shadow)
+    return state
 
 
 def study_arrival(*, job: TriageJob, pacs: Pacs, found: list[dict]) -> Arrival:
@@ -352,6 +357,8 @@ def series_triage(
     with stage(timings, "key_image"), jobs.lease_kept(job=job, worker_id=worker_id):
         png = key_image(volume=volume, output=output)
     outcome.outputs.append((series, output, png))
+    if shadow_wanted(finding=series.routed_model):
+        outcome.shadow.append((series, volume))
 
 
 def _job_not_found(job: TriageJob, worker_id: str, timings: dict[str, float]) -> str:
