@@ -1,4 +1,4 @@
-"""Server-rendered SVG charts (line, bar, histogram, ROC): no JavaScript, no external assets.
+"""Server-rendered SVG charts (line, bar, histogram, ROC, scatter): no JavaScript, no external assets.
 
 Each chart is an ``<svg role="img">`` with a ``<title>`` and a ``<desc>`` that states the data in words, so a screen
 reader gets the content; every text is escaped. The functions return safe strings for templates.
@@ -307,4 +307,59 @@ def roc_chart(
     if point is not None:
         cx, cy = xy(*point).split(",")
         parts.append(f'<circle cx="{cx}" cy="{cy}" r="5" fill="{PALETTE[3]}"><title>current threshold</title></circle>')
+    return _close(parts)
+
+
+def scatter_chart(
+    *,
+    title: str,
+    points: Sequence[tuple[float, float]],
+    x_label: str,
+    y_label: str,
+    x_line: float | None = None,
+    y_line: float | None = None,
+    max_points: int = 2000,
+) -> SafeString:
+    """Scores of two models on the same studies, both in 0..1, on a square plot with the diagonal and each model's
+    threshold as a dashed line; beyond ``max_points`` an even subsample is drawn (the description says so)."""
+    size = 320
+    if not points:
+        return _empty(title, size, size)
+    shown = list(points)[:: max(1, math.ceil(len(points) / max_points))]
+    frame = _Frame(0.0, 1.0, size, size)
+    side = min(frame.plot_w, frame.plot_h)
+    desc = f"Scatter of {len(points)} studies" + (f", {len(shown)} drawn." if len(shown) < len(points) else ".")
+    parts, _ = _open(title, desc, size, size)
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return LEFT + side * min(max(x, 0.0), 1.0), TOP + side * (1 - min(max(y, 0.0), 1.0))
+
+    for tick in (0.0, 0.5, 1.0):
+        parts.append(
+            f'<text x="{LEFT - 6}" y="{TOP + side * (1 - tick) + 4:.1f}" fill="{TEXT}" font-size="11" '
+            f'text-anchor="end">{tick:g}</text><text x="{LEFT + side * tick:.1f}" y="{TOP + side + 16:.1f}" '
+            f'fill="{TEXT}" font-size="11" text-anchor="middle">{tick:g}</text>'
+        )
+    parts.append(
+        f'<rect x="{LEFT}" y="{TOP}" width="{side:.1f}" height="{side:.1f}" fill="none" stroke="{AXIS}"/>'
+        f'<line x1="{LEFT}" y1="{TOP + side:.1f}" x2="{LEFT + side:.1f}" y2="{TOP}" stroke="{AXIS}" '
+        f'stroke-dasharray="4,4"/>'
+    )
+    if x_line is not None:
+        x0, _ = xy(x_line, 0.0)
+        parts.append(f'<line x1="{x0:.1f}" y1="{TOP}" x2="{x0:.1f}" y2="{TOP + side:.1f}" stroke="{PALETTE[1]}" '
+                     f'stroke-dasharray="3,3"/>')  # fmt: skip
+    if y_line is not None:
+        _, y0 = xy(0.0, y_line)
+        parts.append(f'<line x1="{LEFT}" y1="{y0:.1f}" x2="{LEFT + side:.1f}" y2="{y0:.1f}" stroke="{PALETTE[1]}" '
+                     f'stroke-dasharray="3,3"/>')  # fmt: skip
+    for x, y in shown:
+        cx, cy = xy(x, y)
+        parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="2.5" fill="{PALETTE[0]}" fill-opacity="0.6"/>')
+    parts.append(
+        f'<text x="{LEFT + side / 2:.1f}" y="{size - 6}" fill="{TEXT}" font-size="11" text-anchor="middle">'
+        f"{escape(x_label)}</text>"
+        f'<text x="12" y="{TOP + side / 2:.1f}" fill="{TEXT}" font-size="11" text-anchor="middle" '
+        f'transform="rotate(-90 12 {TOP + side / 2:.1f})">{escape(y_label)}</text>'
+    )
     return _close(parts)

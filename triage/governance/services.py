@@ -107,7 +107,7 @@ def model_threshold_set(
             "flipped": len(flipped),
         },
     )
-    _threshold_propagate(finding=model_config.finding, flipped=flipped)
+    results_propagate(finding=model_config.finding, changed=flipped)
     model_alerts_check(finding=model_config.finding)
     return flipped
 
@@ -126,12 +126,13 @@ def _results_reevaluate(
     return flipped
 
 
-def _threshold_propagate(*, finding: str, flipped: list[TriageResult]) -> None:
-    """Ranks and reports follow the new flags, inside the same transaction (both notify after commit)."""
+def results_propagate(*, finding: str, changed: list[TriageResult], reason: str = "threshold_change") -> None:
+    """Ranks and reports follow changed results (a new threshold; a promoted or rolled-back model version), inside
+    the caller's transaction (both notify after commit): open items are re-ranked, each changed report amended."""
     worklist_items_resync(finding=finding)
-    for result in flipped:
-        outbox_enqueue_report(study=result.study, finding=finding, reason="threshold_change")
-        writeback_enqueue(study=result.study, finding=finding, reason="threshold_change")
+    for result in changed:
+        outbox_enqueue_report(study=result.study, finding=finding, reason=reason)
+        writeback_enqueue(study=result.study, finding=finding, reason=reason)
 
 
 # --- model alerts ------------------------------------------------------------------------------------------------

@@ -81,7 +81,8 @@ def study_request_triage(
 _RESULT_COLUMNS = {"finding", "model_name", "model_version", "score", "threshold", "positive", "heatmap", "advisory"}
 
 
-def _result_details(*, series: Series, output: TriageOutput) -> dict:
+def result_details(*, series: Series, output: TriageOutput) -> dict:
+    """The output's fields that have no column of their own, in the shape the reports and the viewer read."""
     details = {k: v for k, v in output.as_dict().items() if k not in _RESULT_COLUMNS}
     details["series_instance_uid"] = series.series_instance_uid
     details["localisation"] = {"box": details.pop("box", None), "heatmap_extent": details.pop("heatmap_extent", None)}
@@ -110,7 +111,7 @@ def results_record(*, job: TriageJob, outputs: list[tuple[Series, TriageOutput, 
                 score=float(output.score),
                 threshold=float(output.threshold),
                 positive=bool(output.positive),
-                details=_result_details(series=series, output=output),
+                details=result_details(series=series, output=output),
                 key_image_png=png,
             )
         )

@@ -1,5 +1,5 @@
 """The pipeline's data: users, PACS sources, studies and series, routing, jobs, results, the FHIR and PACS
-outboxes, and governance. One module per concern; every model is importable from ``triage.models``."""
+outboxes, governance and shadow models. One module per concern; every model is importable from ``triage.models``."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ from triage.models.pipeline import (
     TriageJob,
     TriageResult,
 )
+from triage.models.shadow import ShadowModel, ShadowResult, ShadowRunStatus, ShadowState
 
 __all__ = [
     "Role",
@@ -77,4 +78,8 @@ __all__ = [
     "DateOption",
     "ExportState",
     "ValidationExport",
+    "ShadowState",
+    "ShadowModel",
+    "ShadowRunStatus",
+    "ShadowResult",
 ]
