@@ -4,6 +4,7 @@ standing, and its cost is recorded and capped."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -257,3 +258,61 @@ def test_no_cap_by_default(models, candidate, settings):
 
     assert (settings.TRIAGE_SHADOW_MAX_PER_HOUR, settings.TRIAGE_SHADOW_MAX_SECONDS_PER_HOUR) == (0, 0.0)
     assert shadow_cap_reached() is None
+
+
+# --- real weights, real torch ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def shipped_copy(settings, tmp_path):
+    """The shipped ICH weights under TRIAGE_MODEL_DIR with a card of their own version, as a site would bring them."""
+    import shutil
+
+    from inference.loader import shipped_weights
+    from inference.modelcard import card_paths
+
+    settings.TRIAGE_MODEL_DIR, settings.TRIAGE_TORCH_THREADS = str(tmp_path), 1
+    source = shipped_weights("ich")
+    weights = tmp_path / "ich-candidate.pt"
+    shutil.copyfile(source, weights)
+    card = json.loads(card_paths(source)[0].read_text(encoding="utf-8"))
+    card["version"] = "3.0.0-candidate"
+    card_paths(weights)[0].write_text(json.dumps(card), encoding="utf-8")
+    return weights
+
+
+def head_volume() -> SimpleNamespace:
+    z, y, x = np.ogrid[:20, :96, :96]
+    inside = ((z - 9.5) / 8.4) ** 2 + ((y - 47.5) / 40.3) ** 2 + ((x - 47.5) / 40.3) ** 2 < 1
+    hu = np.where(inside, 32.0, -1000.0).astype(np.float32)
+    return SimpleNamespace(hu=hu, spacing_mm=(5.0, 2.0, 2.0))
+
+
+def test_registered_weights_run_in_shadow_pinned_by_their_hash(db, shipped_copy, site_admin):
+    from inference.modelcard import sha256_file
+    from triage.governance.shadow_services import shadow_register
+
+    shadow_register(finding="ich", weights="ich-candidate.pt", sha256=sha256_file(shipped_copy), actor=site_admin)
+    series = SeriesFactory()
+
+    result = shadow_run_series(job=JobFactory(study=series.study), series=series, volume=head_volume())
+
+    assert result.status == ShadowRunStatus.DONE, result.error_message
+    assert 0.0 <= result.score <= 1.0
+    assert (result.model_version, result.advisory) == ("3.0.0-candidate", True)
+    assert result.seconds > 0.0
+    assert result.key_image_png.startswith(b"\x89PNG")
+
+
+def test_weights_swapped_after_registration_fail_the_shadow_run_only(db, shipped_copy, site_admin):
+    from inference.modelcard import sha256_file
+    from triage.governance.shadow_services import shadow_register
+
+    shadow_register(finding="ich", weights="ich-candidate.pt", sha256=sha256_file(shipped_copy), actor=site_admin)
+    shipped_copy.write_bytes(shipped_copy.read_bytes() + b"\0")
+    series = SeriesFactory()
+
+    result = shadow_run_series(job=JobFactory(study=series.study), series=series, volume=head_volume())
+
+    assert (result.status, result.error_code, result.score) == (ShadowRunStatus.FAILED, "model_unavailable", None)
+    assert "weights_hash_mismatch" in result.error_message

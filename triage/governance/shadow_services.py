@@ -4,6 +4,7 @@ path as a threshold change (``services.results_propagate``): re-rank, amend the 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,17 @@ def _card_checked(*, finding: str, path: Path, digest: str) -> dict[str, Any]:
     return card
 
 
+def _json_safe(value: Any) -> Any:
+    """The card as PostgreSQL's JSON takes it: non-finite numbers (a card may hold NaN) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _weights_checked(*, finding: str, path: str, sha256: str) -> tuple[Path, str]:
     digest = sha256.strip().lower()
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
@@ -92,7 +104,7 @@ def shadow_register(
         raise Conflict("A shadow model is registered for this finding already; withdraw it first.")
     candidate = ShadowModel.objects.create(
         finding=finding, name=str(card["name"])[:64], version=str(card["version"])[:32], weights_path=weights.strip(),
-        weights_sha256=digest, threshold=threshold, card=card, registered_by=actor,
+        weights_sha256=digest, threshold=threshold, card=_json_safe(card), registered_by=actor,
     )  # fmt: skip
     audit_record(action="model.shadow_registered", actor=actor, obj=candidate, data=_identity(candidate))
     return candidate
