@@ -118,6 +118,7 @@ def test_shadow_result_is_stored_and_reaches_no_worklist_socket_fhir_or_pacs(
     live = TriageResult.objects.get()
     item = WorklistItem.objects.get()
     api = radiologist_client.get("/api/v1/worklist/")
+    detail = radiologist_client.get(f"/api/v1/studies/{live.study.study_instance_uid}/")
     report = endpoint_report(endpoint, live)
     stored_srs = orthanc_srs(orthanc)
     assert state == JobState.DONE
@@ -128,7 +129,8 @@ def test_shadow_result_is_stored_and_reaches_no_worklist_socket_fhir_or_pacs(
     assert (item.critical, item.ai_priority) == (False, 0.0)  # the shadow's positive call changes no priority
     assert (sent_to_emr, len(stored_srs)) == (1, 1)
     assert "fake" in report  # the live model is named in the EMR report
-    seen = [report, *stored_srs, *layer.sent, api.content.decode()]
+    seen = [report, *stored_srs, *layer.sent, api.content.decode(), detail.content.decode()]
+    assert detail.status_code == 200
     assert layer.sent
     assert "SH1" in api.content.decode()  # the study is listed, with its live result
     assert not [text for text in seen if SHADOW_VERSION in text or "0.973" in text or "candidate" in text]
