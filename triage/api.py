@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 
 from triage.core.exceptions import TriageError
 from triage.core.permissions import request_user
+from triage.core.schema import ErrorSerializer
 from triage.core.services import token_create
 from triage.ingest import services
 
@@ -71,7 +72,7 @@ class StudyNotifyApi(APIView):
         study_instance_uid = serializers.CharField()
         job_state = serializers.CharField()
 
-    @extend_schema(request=InputSerializer, responses={202: OutputSerializer})
+    @extend_schema(request=InputSerializer, responses={202: OutputSerializer, 404: ErrorSerializer})
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

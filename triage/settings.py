@@ -184,7 +184,7 @@ REST_FRAMEWORK = {
     # Only the token endpoint names a scope; the rate is per client address (docs/security.md).
     "DEFAULT_THROTTLE_RATES": {"token": env_str("TRIAGE_TOKEN_RATE", "20/minute")},
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "triage.core.schema.TriageAutoSchema",
     "EXCEPTION_HANDLER": "triage.core.exceptions.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,

@@ -16,6 +16,7 @@ from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from triage.core.permissions import request_user
+from triage.core.schema import ErrorSerializer
 from triage.models import Finding, Verdict
 from worklist import selectors, services
 from worklist.models import WorklistItem
@@ -126,7 +127,7 @@ class StudyDetailApi(APIView):
 class _ItemActionApi(APIView):
     service: ClassVar[Callable[..., WorklistItem]]
 
-    @extend_schema(request=None, responses={200: WorklistItemSerializer})
+    @extend_schema(request=None, responses={200: WorklistItemSerializer, 409: ErrorSerializer})
     def post(self, request: Request, study_instance_uid: str) -> Response:
         item = type(self).service(study_instance_uid=study_instance_uid, user=request_user(request))
         return _item_response(item)
