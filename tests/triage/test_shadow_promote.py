@@ -216,13 +216,18 @@ def test_the_comparison_reproduces_the_hand_computed_figures(db):
 def test_the_comparison_page_shows_the_figures_to_an_admin(db, admin_web):
     ModelConfig.objects.create(finding="ich", name="ich2d", version="1.0", threshold=0.5)
     shadow = candidate()
-    for live, shadow_score in [(0.9, 0.6), (0.8, 0.5), (0.3, 0.4), (0.4, 0.7), (0.2, 0.3), (0.1, 0.2)]:
-        study_read_by_both(shadow, live, shadow_score)
+    for label, live, shadow_score in [(1, 0.9, 0.6), (1, 0.8, 0.5), (1, 0.3, 0.4), (0, 0.4, 0.7), (0, 0.2, 0.3),
+                                      (0, 0.1, 0.2)]:  # fmt: skip
+        study = study_read_by_both(shadow, live, shadow_score)
+        GroundTruth.objects.create(study=study, finding="ich", label=bool(label), source="csv")
 
     page = admin_web.get(f"/console/shadow/{shadow.pk}/").content.decode()
     scores_csv = admin_web.get(f"/console/shadow/{shadow.pk}/scores.csv").content.decode()
+    labelled_csv = admin_web.get(f"/console/shadow/{shadow.pk}/labelled.csv").content.decode().splitlines()
 
     assert 'id="kappa">0.400 (' in page
+    assert '<td class="delong-p">0.371</td>' in page
+    assert labelled_csv[1].startswith("All,all labelled studies,6,3,0.888")
     assert 'id="promote"' in page
     assert "Scores on the same studies" in page
     assert scores_csv.splitlines()[0] == "live_score,shadow_score,live_flag,shadow_flag,label"

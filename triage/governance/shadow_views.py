@@ -71,9 +71,9 @@ def shadow_compare(request: HttpRequest, pk: int) -> HttpResponse:
             x_label="live score", y_label="shadow score",
             x_line=live.threshold if live else None, y_line=candidate.threshold,
         ),
-        "alerts_svg": charts.bar_chart(
+        "alerts_svg": charts.line_chart(
             title="Alerts per day, live and shadow",
-            categories=[d.isoformat() for d, *_ in comparison.daily],
+            x_labels=[d.isoformat() for d, *_ in comparison.daily], y_label="alerts",
             series=[charts.Series("live", [row[2] for row in comparison.daily]),
                     charts.Series("shadow", [row[3] for row in comparison.daily])],
         ),
