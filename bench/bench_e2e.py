@@ -11,8 +11,9 @@ Phases, all in one run:
 2. paced: ``BENCH_E2E_STUDIES`` (20) studies, one started every 2 s. Per study: store complete → first worklist
    item event with findings (a logged-in WebSocket client), and → the EMR's 2xx (``OutboxMessage.sent_at``,
    recorded by the outbox worker when the FHIR server answered);
-3. baseline: the bare cost of the same work in this process: one WADO-RS series download (dicomweb-client),
-   ``assemble_volume`` and one ``ModelRunner("ich").run`` with as many torch threads as one ingest worker gets;
+3. baseline: the bare cost of the same work in a process set up like an ingest worker (freed memory kept, as many
+   torch threads as one ingest worker gets): one WADO-RS series download (dicomweb-client), ``assemble_volume``
+   and one ``ModelRunner("ich").run``;
 4. saturation: ``BENCH_E2E_BURST`` (100) studies stored back to back, each notified; studies/hour from the first
    store to the last worklist event.
 
@@ -28,6 +29,7 @@ import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -153,18 +155,38 @@ def fhir_wait(fhir_url: str, expected: int, timeout: float) -> int:
 
 
 def bare_baseline(dicomweb_url: str, study: Sent, threads: int, repeats: int) -> dict:
+    """The bare cost in a process of its own, set up as an ingest worker is (``triage_ingest``: freed memory kept for
+    reuse, as many torch threads): otherwise this process's own allocations would be measured instead."""
+    request = {
+        "url": dicomweb_url,
+        "study": study.uid,
+        "series": study.series_uid,
+        "threads": threads,
+        "repeats": repeats,
+    }
+    done = subprocess.run(
+        [sys.executable, __file__, "--bare", json.dumps(request)], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise RuntimeError(f"bare baseline exited with {done.returncode}:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bare_run(request: dict) -> dict:
     """WADO-RS series download, volume assembly and one ICH forward pass, like one ingest worker (warm-up first)."""
     from dicomweb_client.api import DICOMwebClient
 
     from inference.dicom import assemble_volume
     from inference.runner import ModelRunner
+    from triage.core.workers import memory_keep_freed
 
-    client = DICOMwebClient(url=dicomweb_url)
-    runner = ModelRunner("ich", num_threads=threads)
+    memory_keep_freed()
+    client = DICOMwebClient(url=request["url"])
+    runner = ModelRunner("ich", num_threads=request["threads"])
     runs = []
-    for _ in range(repeats + 1):
+    for _ in range(request["repeats"] + 1):
         t0 = time.perf_counter()
-        datasets = client.retrieve_series(study.uid, study.series_uid)
+        datasets = client.retrieve_series(request["study"], request["series"])
         t1 = time.perf_counter()
         volume = assemble_volume(datasets)
         t2 = time.perf_counter()
@@ -174,7 +196,7 @@ def bare_baseline(dicomweb_url: str, study: Sent, threads: int, repeats: int) ->
         del datasets, volume
     runs = runs[1:]
     median = {key: round(statistics.median(r[key] for r in runs), 3) for key in runs[0]}
-    return {**median, "threads": threads, "repeats": repeats, "runs": runs}
+    return {**median, "threads": request["threads"], "repeats": request["repeats"], "runs": runs}
 
 
 def db_rows(app: App) -> dict:
@@ -316,6 +338,7 @@ def run_phases(app: App, orthanc: object, fhir_url: str, factory: StudyFactory, 
         burst = paced(pacs, factory, listener, range(first, first + BURST), 0.0) if BURST else []
         fhir_wait(fhir_url, first - 1 + BURST, 120)
         rows = db_rows(app)
+        memory = app.memory_of("ingest")  # the ingest workers: ``--queue-name ingest``
     finally:
         pacs.close()
         listener.stop()
@@ -329,6 +352,7 @@ def run_phases(app: App, orthanc: object, fhir_url: str, factory: StudyFactory, 
         "paced": latencies(steady, arrivals, rows),
         "bare": bare,
         "burst": {**saturation(burst, arrivals), **latencies(burst, arrivals, rows)} if burst else None,
+        "ingest_worker_memory_mib": memory,
         "websocket": {"item_events": listener.events, "reconnects": listener.reconnects, "seq_gaps": listener.seq_gaps},
         "machine": load_start,
     }  # fmt: skip
@@ -376,6 +400,8 @@ def report(result: dict) -> int:
             f"PACS store alone {burst['store_only_studies_per_hour']} studies/hour; event p50 "
             f"{burst['event'].get('p50_s')} s; stages {burst['stages_median_s']}"
         )
+    memory = ", ".join(f"{m['rss_mib']:.0f} (peak {m['peak_mib']:.0f})" for m in result["ingest_worker_memory_mib"])
+    print(f"ingest workers' memory at the end, MiB: {memory or 'not found'}")
     print(f"machine: {result['machine']}; slices {result['config']['slices']}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2, default=_plain) + "\n", encoding="utf-8")
@@ -388,6 +414,9 @@ def _plain(value: object) -> object:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--bare":
+        print(json.dumps(bare_run(json.loads(sys.argv[2]))))
+        sys.exit(0)
     try:
         sys.exit(main())
     except KeyboardInterrupt:

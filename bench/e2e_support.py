@@ -162,6 +162,20 @@ class App:
             raise RuntimeError(f"manage.py {args[0]} exited with {done.returncode}:\n{done.stderr[-2000:]}")
         return done.stdout
 
+    def memory_of(self, command: str) -> list[dict[str, float]]:
+        """Resident and peak memory (MiB) of each process under this app whose command line names ``command``."""
+        found = []
+        for pid in _descendants(self.process.pid) if self.process else []:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue  # it ended while it was read
+            if command.encode() in cmdline:
+                fields = dict(line.split(":", 1) for line in status if ":" in line)
+                found.append({"rss_mib": _kib(fields["VmRSS"]) / 1024, "peak_mib": _kib(fields["VmHWM"]) / 1024})
+        return found
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -180,6 +194,27 @@ class App:
                 self.process.wait(timeout=10)
         self.process = None
         shutil.rmtree(ROOT / ".run" / f"run-{self.port}", ignore_errors=True)
+
+
+def _kib(field: str) -> int:
+    return int(field.split()[0])
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` (Linux /proc), children before grandchildren."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            after_name = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(after_name[1]), []).append(int(stat.parent.name))
+    found, queue = [], [root]
+    while queue:
+        kids = children.get(queue.pop(0), [])
+        found += kids
+        queue += kids
+    return found
 
 
 USERS_SCRIPT = """
