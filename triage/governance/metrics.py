@@ -10,7 +10,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import binom
 
 from inference.stats import Interval, z_value
 
@@ -107,6 +106,10 @@ def flag_rate_test(*, flagged: int, window: int, low: float, high: float, alpha:
     ("high", P(X >= flagged | high)) when that is below ``alpha``; ("low", P(X <= flagged | low)) likewise; else
     (None, the smaller of the two p-values).
     """
+    # Here rather than at the top: this module is imported by every process (through the admin), and scipy.stats
+    # takes longer to import than the rest of Django; only the monitoring pages and the flag-rate alert need it.
+    from scipy.stats import binom
+
     p_high = float(binom.sf(flagged - 1, window, high))
     p_low = float(binom.cdf(flagged, window, low))
     if p_high < alpha:
