@@ -17,7 +17,9 @@ Phases, all in one run:
 4. saturation: ``BENCH_E2E_BURST`` (100) studies stored back to back, each notified; studies/hour from the first
    store to the last worklist event.
 
-Per-stage medians come from ``TriageJob.timings``. Prints a table and writes bench/results/e2e.json; targets are
+Per-stage medians come from ``TriageJob.timings``. Beside the seconds, the CPU seconds per study that the ingest
+workers, the rest of the app and Orthanc used in each phase (from /proc), against the bare work's own CPU seconds:
+a ratio that the machine's other load does not move. Prints a table and writes bench/results/e2e.json; targets are
 printed, never asserted. Everything it starts is stopped on exit, error or Ctrl-C.
 """
 
@@ -47,6 +49,8 @@ from bench.e2e_support import (  # noqa: E402
     EventListener,
     Pacs,
     StudyFactory,
+    cpu_seconds,
+    descendants,
     session_login,
     study_factory,
     users_create,
@@ -185,14 +189,17 @@ def bare_run(request: dict) -> dict:
     runner = ModelRunner("ich", num_threads=request["threads"])
     runs = []
     for _ in range(request["repeats"] + 1):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         datasets = client.retrieve_series(request["study"], request["series"])
         t1 = time.perf_counter()
         volume = assemble_volume(datasets)
         t2 = time.perf_counter()
         runner.run(volume.hu, volume.spacing_mm)
         t3 = time.perf_counter()
-        runs.append({"download_s": t1 - t0, "assemble_s": t2 - t1, "infer_s": t3 - t2, "total_s": t3 - t0})
+        cpu = time.process_time() - cpu0
+        runs.append(
+            {"download_s": t1 - t0, "assemble_s": t2 - t1, "infer_s": t3 - t2, "total_s": t3 - t0, "cpu_s": cpu}
+        )
         del datasets, volume
     runs = runs[1:]
     median = {key: round(statistics.median(r[key] for r in runs), 3) for key in runs[0]}
@@ -318,6 +325,31 @@ def _ingest(env: dict[str, str]) -> int:
     return int(env.get("TRIAGE_WORKERS_INGEST") or 2)
 
 
+@dataclass
+class CpuMeter:
+    """CPU seconds that the ingest workers, the other app processes and Orthanc use from now on, per study: how much
+    work a study costs, whatever share of the cores the machine's other load leaves to it."""
+
+    app: App
+    orthanc_pid: int
+
+    def __post_init__(self) -> None:
+        self.start = self._now()
+
+    def _now(self) -> dict[str, float]:
+        ingest = self.app.cpu_seconds("ingest")
+        everything = sum(cpu_seconds(pid) for pid in _app_pids(self.app))
+        return {"ingest_workers": ingest, "other_app": everything - ingest, "orthanc": cpu_seconds(self.orthanc_pid)}
+
+    def per_study(self, studies: int) -> dict[str, float]:
+        now = self._now()
+        return {key: round((now[key] - self.start[key]) / studies, 3) for key in now}
+
+
+def _app_pids(app: App) -> list[int]:
+    return descendants(app.process.pid) if app.process else []
+
+
 def run_phases(app: App, orthanc: object, fhir_url: str, factory: StudyFactory, threads: int) -> dict:
     password, token = users_create(app)
     cookie = session_login(app.url, "bench-radiologist", password)
@@ -329,14 +361,18 @@ def run_phases(app: App, orthanc: object, fhir_url: str, factory: StudyFactory, 
         print(f"warm-up: {WARMUP} studies", flush=True)
         warm = paced(pacs, factory, listener, range(1, 1 + WARMUP), 0.0)
         print(f"paced: {STUDIES} studies, one every {INTERVAL_S:g} s", flush=True)
+        cpu = CpuMeter(app, orthanc.process.pid)  # type: ignore[attr-defined]
         steady = paced(pacs, factory, listener, range(1 + WARMUP, 1 + WARMUP + STUDIES), INTERVAL_S)
         fhir_wait(fhir_url, WARMUP + STUDIES, 120)
+        paced_cpu = cpu.per_study(STUDIES)
         print(f"baseline: {BARE_REPEATS} bare download + assemble + inference", flush=True)
         bare = bare_baseline(orthanc.dicomweb_url, steady[0], threads, BARE_REPEATS)  # type: ignore[attr-defined]
         print(f"saturation: {BURST} studies back to back", flush=True)
         first = 1 + WARMUP + STUDIES
+        cpu = CpuMeter(app, orthanc.process.pid)  # type: ignore[attr-defined]
         burst = paced(pacs, factory, listener, range(first, first + BURST), 0.0) if BURST else []
         fhir_wait(fhir_url, first - 1 + BURST, 120)
+        burst_cpu = cpu.per_study(max(1, BURST))
         rows = db_rows(app)
         memory = app.memory_of("ingest")  # the ingest workers: ``--queue-name ingest``
     finally:
@@ -349,13 +385,20 @@ def run_phases(app: App, orthanc: object, fhir_url: str, factory: StudyFactory, 
             "ingest_workers": _ingest(app.env), "torch_threads_per_worker": threads, "database": "sqlite",
         },
         "warmup": latencies(warm, arrivals, rows),
-        "paced": latencies(steady, arrivals, rows),
+        "paced": {**latencies(steady, arrivals, rows), "cpu_per_study_s": paced_cpu},
         "bare": bare,
-        "burst": {**saturation(burst, arrivals), **latencies(burst, arrivals, rows)} if burst else None,
+        "burst": {**saturation(burst, arrivals), **latencies(burst, arrivals, rows), "cpu_per_study_s": burst_cpu}
+        if burst
+        else None,
         "ingest_worker_memory_mib": memory,
         "websocket": {"item_events": listener.events, "reconnects": listener.reconnects, "seq_gaps": listener.seq_gaps},
         "machine": load_start,
     }  # fmt: skip
+
+
+def _cpu_ratio(phase: dict, bare: dict) -> float | None:
+    ingest = phase.get("cpu_per_study_s", {}).get("ingest_workers")
+    return round(ingest / bare["cpu_s"], 2) if ingest and bare.get("cpu_s") else None
 
 
 def report(result: dict) -> int:
@@ -367,6 +410,9 @@ def report(result: dict) -> int:
         "e2e_p50_over_bare": round(ratio, 2),
         "bare_studies_per_hour": round(bare_rate, 1),
         "throughput_over_bare": round(rate / bare_rate, 2),
+        # Load-independent: the ingest workers' CPU seconds per study against the bare work's own.
+        "paced_ingest_cpu_over_bare_cpu": _cpu_ratio(paced_, bare),
+        "burst_ingest_cpu_over_bare_cpu": _cpu_ratio(burst, bare) if burst else None,
     }
     result["targets"] = TARGETS
     rows = [
@@ -379,6 +425,8 @@ def report(result: dict) -> int:
         ("saturation: studies/hour", rate, TARGETS["studies_per_hour"], ">="),
         ("bare: studies/hour (3600 / bare)", round(bare_rate, 1), None, ""),
         ("throughput / bare", result["ratios"]["throughput_over_bare"], None, ""),
+        ("ingest CPU per study / bare CPU, paced", result["ratios"]["paced_ingest_cpu_over_bare_cpu"], None, ""),
+        ("ingest CPU per study / bare CPU, burst", result["ratios"]["burst_ingest_cpu_over_bare_cpu"], None, ""),
     ]
     print(f"\n{'measure':<40}{'value':>10}   target")
     for label, value, target, unit in rows:
@@ -394,7 +442,9 @@ def report(result: dict) -> int:
         f"bare: download {bare['download_s']:.2f} s, assemble {bare['assemble_s']:.2f} s, infer "
         f"{bare['infer_s']:.2f} s ({bare['threads']} torch thread(s))"
     )
+    print(f"CPU s per study: paced {paced_['cpu_per_study_s']}; bare {bare['cpu_s']:.2f}")
     if burst:
+        print(f"CPU s per study: burst {burst['cpu_per_study_s']}")
         print(
             f"burst: {burst['completed']}/{burst['studies']} done in {burst['first_store_to_last_event_s']} s; "
             f"PACS store alone {burst['store_only_studies_per_hour']} studies/hour; event p50 "

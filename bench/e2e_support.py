@@ -162,19 +162,32 @@ class App:
             raise RuntimeError(f"manage.py {args[0]} exited with {done.returncode}:\n{done.stderr[-2000:]}")
         return done.stdout
 
-    def memory_of(self, command: str) -> list[dict[str, float]]:
-        """Resident and peak memory (MiB) of each process under this app whose command line names ``command``."""
+    def processes(self, command: str) -> list[int]:
+        """The processes under this app whose command line holds ``command`` as one of its words."""
         found = []
-        for pid in _descendants(self.process.pid) if self.process else []:
+        for pid in descendants(self.process.pid) if self.process else []:
             try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                status = Path(f"/proc/{pid}/status").read_text().splitlines()
+                if command.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                    found.append(pid)
             except OSError:
                 continue  # it ended while it was read
-            if command.encode() in cmdline:
-                fields = dict(line.split(":", 1) for line in status if ":" in line)
-                found.append({"rss_mib": _kib(fields["VmRSS"]) / 1024, "peak_mib": _kib(fields["VmHWM"]) / 1024})
         return found
+
+    def memory_of(self, command: str) -> list[dict[str, float]]:
+        """Resident and peak memory (MiB) of each process of ``command`` (see ``processes``)."""
+        found = []
+        for pid in self.processes(command):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+            found.append({"rss_mib": _kib(fields["VmRSS"]) / 1024, "peak_mib": _kib(fields["VmHWM"]) / 1024})
+        return found
+
+    def cpu_seconds(self, command: str) -> float:
+        """User + system CPU seconds used so far by the processes of ``command`` (see ``processes``)."""
+        return sum(cpu_seconds(pid) for pid in self.processes(command))
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -196,11 +209,20 @@ class App:
         shutil.rmtree(ROOT / ".run" / f"run-{self.port}", ignore_errors=True)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (Linux /proc); 0 once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _kib(field: str) -> int:
     return int(field.split()[0])
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     """Every process below ``root`` (Linux /proc), children before grandchildren."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
