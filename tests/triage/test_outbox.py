@@ -20,9 +20,10 @@ from django.utils import timezone
 
 from tests.factories import JobFactory, ResultFactory, SeriesFactory, StudyFactory
 from tools.procs import free_port
+from triage.core.outbox import backoff_seconds
 from triage.fhir import client as fhirclient
 from triage.fhir import resources as fhir
-from triage.fhir.delivery import _attempt, _claim, backoff_seconds, outbox_deliver_due
+from triage.fhir.delivery import _attempt, _claim, outbox_deliver_due
 from triage.fhir.outbox import endpoint_ensure_from_env, outbox_enqueue_report, outbox_requeue, outbox_retract
 from triage.models import AuditEvent, FhirEndpoint, OutboxMessage, OutboxState, TriageResult, WorkerHeartbeat
 from worklist.models import Feedback

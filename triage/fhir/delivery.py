@@ -8,20 +8,18 @@ with the server's OperationOutcome.
 from __future__ import annotations
 
 import logging
-import random
 import time
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Q
 from django.utils import timezone
 from django_tasks import task
 
+from triage.core.outbox import DeliverySummary, Outbox, Outcome, States, messages_claim, messages_deliver
 from triage.core.workers import this_worker_id
 from triage.fhir import client as fhirclient
 from triage.fhir import resources as fhir
@@ -29,35 +27,20 @@ from triage.models import FhirEndpoint, OutboxMessage, OutboxState
 
 logger = logging.getLogger(__name__)
 
-BACKOFF_BASE_SECONDS = 2.0
-BACKOFF_CAP_SECONDS = 600.0
 RETRY_AFTER_CAP_SECONDS = 3600.0
 RETRYABLE_STATUS = frozenset({408, 429})
 KICK_INTERVAL_SECONDS = 0.25
 
 
 @dataclass
-class DeliveryOutcome:
-    """What one delivery attempt decided; applied to the message by ``_outcome_apply``."""
+class DeliveryOutcome(Outcome):
+    """What one delivery attempt decided, with the EMR's OperationOutcome for the dead letter."""
 
-    state: str
-    status_code: int | None = None
-    error: str = ""
     operation_outcome: dict | None = None
-    retry_after: float | None = None
 
 
 class MalformedReply(ValueError):
     """An answer from the EMR that cannot be read as what was asked for."""
-
-
-@dataclass
-class DeliverySummary:
-    claimed: int = 0
-    sent: int = 0
-    retried: int = 0
-    dead: int = 0
-    message_ids: list[int] = field(default_factory=list)
 
 
 @task(queue_name="outbox")
@@ -93,81 +76,16 @@ def outbox_kick() -> None:
 def outbox_deliver_due(*, limit: int = 50, worker_id: str | None = None) -> DeliverySummary:
     """Claim up to ``limit`` due messages and deliver each once. Safe to run in several processes at once."""
     worker_id = worker_id or this_worker_id("outbox")
-    summary = DeliverySummary()
-    for message in _claim(limit=limit, worker_id=worker_id):
-        summary.claimed += 1
-        summary.message_ids.append(message.pk)
-        try:
-            outcome = _attempt(message)
-        except Exception as err:  # the loop boundary: record the failure, release the lease, go on
-            logger.exception("outbox %s: delivery attempt failed inside this app", message.pk)
-            outcome = DeliveryOutcome(state=OutboxState.PENDING, error=f"Internal error: {type(err).__name__}")
-        outcome = _give_up_when_exhausted(message, outcome)
-        _outcome_apply(message=message, outcome=outcome, worker_id=worker_id)
-        if outcome.state == OutboxState.SENT:
-            summary.sent += 1
-        elif outcome.state == OutboxState.DEAD:
-            summary.dead += 1
-        else:
-            summary.retried += 1
-    return summary
+    return messages_deliver(OUTBOX, limit=limit, worker_id=worker_id, attempt=_attempt)
 
 
-def _give_up_when_exhausted(message: OutboxMessage, outcome: DeliveryOutcome) -> DeliveryOutcome:
-    """A retry past TRIAGE_OUTBOX_MAX_ATTEMPTS goes to the dead letter with its last error instead."""
-    if outcome.state != OutboxState.PENDING or message.attempts < settings.TRIAGE_OUTBOX_MAX_ATTEMPTS:
-        return outcome
-    error = f"{outcome.error} (gave up after {message.attempts} attempts)"
-    return DeliveryOutcome(OutboxState.DEAD, outcome.status_code, error, outcome.operation_outcome)
-
-
-def _lease_seconds(endpoint: FhirEndpoint) -> float:
+def _lease_seconds(message: OutboxMessage) -> float:
     # Room for a token request, a patient lookup and the transaction itself, each with its own timeout.
-    return 4 * float(endpoint.timeout_seconds) + 30.0
+    return 4 * float(message.endpoint.timeout_seconds) + 30.0
 
 
-@transaction.atomic
 def _claim(*, limit: int, worker_id: str) -> list[OutboxMessage]:
-    now = timezone.now()
-    same_report = OutboxMessage.objects.filter(endpoint=OuterRef("endpoint"), resource_id=OuterRef("resource_id"))
-    in_flight = same_report.filter(lease_expires_at__gt=now).exclude(pk=OuterRef("pk"))
-    newer = same_report.filter(report_version__gt=OuterRef("report_version"))
-    due = (
-        OutboxMessage.objects.filter(
-            Q(state=OutboxState.PENDING, next_attempt_at__lte=now)
-            | Q(state=OutboxState.SENDING, lease_expires_at__lte=now),
-            endpoint__enabled=True,
-        )
-        .exclude(Exists(in_flight))
-        .exclude(Exists(newer))
-        .order_by("next_attempt_at", "id")
-        .select_for_update(skip_locked=True, of=("self",))
-    )
-    claimed: list[OutboxMessage] = []
-    reports: set[tuple[int, str]] = set()
-    for message in due.select_related("endpoint")[: limit * 2]:
-        key = (message.endpoint_id, message.resource_id)
-        if key in reports or len(claimed) >= limit:
-            continue
-        reports.add(key)
-        claimed.append(message)
-    for endpoint_id in {m.endpoint_id for m in claimed}:
-        mine = [m for m in claimed if m.endpoint_id == endpoint_id]
-        lease_expires_at = now + timedelta(seconds=_lease_seconds(mine[0].endpoint))
-        OutboxMessage.objects.filter(pk__in=[m.pk for m in mine]).update(
-            state=OutboxState.SENDING,
-            lease_owner=worker_id,
-            lease_expires_at=lease_expires_at,
-            attempts=F("attempts") + 1,
-        )
-        for message in mine:
-            message.state, message.lease_owner, message.lease_expires_at = (
-                OutboxState.SENDING,
-                worker_id,
-                lease_expires_at,
-            )
-            message.attempts += 1
-    return claimed
+    return messages_claim(OUTBOX, limit=limit, worker_id=worker_id)
 
 
 def _attempt(message: OutboxMessage) -> DeliveryOutcome:
@@ -248,7 +166,7 @@ def _response_outcome(
         fhirclient.token_cache_clear(endpoint)
     if code >= 500 or code in RETRYABLE_STATUS or code == 401:
         retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-        return DeliveryOutcome(OutboxState.PENDING, code, error, outcome, retry_after)
+        return DeliveryOutcome(OutboxState.PENDING, code, error, outcome, retry_after=retry_after)
     return DeliveryOutcome(OutboxState.DEAD, code, error, outcome)
 
 
@@ -327,33 +245,12 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return min(max(0.0, seconds), RETRY_AFTER_CAP_SECONDS)
 
 
-def backoff_seconds(attempts: int, *, retry_after: float | None = None) -> float:
-    """Exponential backoff with equal jitter; never sooner than the server's Retry-After."""
-    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1))
-    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-    return max(delay, retry_after or 0.0)
-
-
-def _outcome_apply(*, message: OutboxMessage, outcome: DeliveryOutcome, worker_id: str) -> None:
-    now = timezone.now()
-    fields: dict[str, Any] = {
-        "lease_owner": "",
-        "lease_expires_at": None,
-        "last_status_code": outcome.status_code,
-        "last_error": outcome.error,
-    }
+def _columns(outcome: DeliveryOutcome) -> dict[str, Any]:
     if outcome.state == OutboxState.SENT:
-        fields |= {"state": OutboxState.SENT, "sent_at": now, "operation_outcome": None}
-    elif outcome.state == OutboxState.DEAD:
-        fields |= {"state": OutboxState.DEAD, "operation_outcome": outcome.operation_outcome}
-    else:
-        delay = backoff_seconds(message.attempts, retry_after=outcome.retry_after)
-        fields |= {"state": OutboxState.PENDING, "next_attempt_at": now + timedelta(seconds=delay)}
-    # Only the lease holder records the result; a version superseded meanwhile stays superseded.
-    mine = OutboxMessage.objects.filter(pk=message.pk, lease_owner=worker_id)
-    if mine.filter(state=OutboxState.SENDING).update(**fields) == 0:
-        mine.update(lease_owner="", lease_expires_at=None, last_status_code=outcome.status_code)
-    _log_outcome(message, outcome)
+        return {"operation_outcome": None}
+    if outcome.state == OutboxState.DEAD:
+        return {"operation_outcome": outcome.operation_outcome}
+    return {}
 
 
 def _log_outcome(message: OutboxMessage, outcome: DeliveryOutcome) -> None:
@@ -370,3 +267,20 @@ def _log_outcome(message: OutboxMessage, outcome: DeliveryOutcome) -> None:
             message.endpoint.name,
             outcome.status_code,
         )
+
+
+OUTBOX: Outbox[OutboxMessage, DeliveryOutcome] = Outbox(
+    model=OutboxMessage,
+    outcome=DeliveryOutcome,
+    states=States(OutboxState.PENDING, OutboxState.SENDING, OutboxState.SENT, OutboxState.DEAD),
+    logger=logger,
+    label="outbox",
+    document=("endpoint", "resource_id"),
+    version="report_version",
+    enabled=Q(endpoint__enabled=True),
+    related=("endpoint",),
+    lease_seconds=_lease_seconds,
+    max_attempts=lambda: settings.TRIAGE_OUTBOX_MAX_ATTEMPTS,
+    columns=_columns,
+    log=_log_outcome,
+)

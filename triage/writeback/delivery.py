@@ -8,23 +8,20 @@ go to the dead letter. Logs carry message ids, source names and status codes onl
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
 from typing import Any
 
 import requests
 from dicomweb_client.protocol import DICOMClient
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Q
 from django.utils import timezone
 from pydicom import Dataset
 
 from triage.core.exceptions import TriageError
+from triage.core.outbox import DeliverySummary, Outbox, Outcome, States, messages_claim, messages_deliver
 from triage.core.workers import this_worker_id
 from triage.models import DicomWebSource, TriageResult, WritebackMessage, WritebackState
 from triage.writeback import documents
@@ -34,28 +31,16 @@ logger = logging.getLogger(__name__)
 
 ClientFactory = Callable[[DicomWebSource], DICOMClient]
 
-BACKOFF_BASE_SECONDS = 2.0
-BACKOFF_CAP_SECONDS = 600.0
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 # STOW-RS Failure Reason (PS3.18 Table I.2-1 / PS3.4 C.4.2.1.4): A7xx is "out of resources", worth retrying.
 RETRYABLE_FAILURE_PREFIX = 0xA700
 
 
 @dataclass
-class Outcome:
-    state: str
-    status_code: int | None = None
-    error: str = ""
+class WritebackOutcome(Outcome):
+    """What one attempt decided, and whether the key image went with the SR."""
+
     key_image_sent: bool = False
-
-
-@dataclass
-class DeliverySummary:
-    claimed: int = 0
-    sent: int = 0
-    retried: int = 0
-    dead: int = 0
-    message_ids: list[int] = field(default_factory=list)
 
 
 def writeback_deliver_due(
@@ -63,81 +48,25 @@ def writeback_deliver_due(
 ) -> DeliverySummary:
     """Claim up to ``limit`` due versions and deliver each once. Safe to run in several processes at once."""
     worker_id = worker_id or this_worker_id("writeback")
-    summary = DeliverySummary()
-    for message in _claim(limit=limit, worker_id=worker_id):
-        summary.claimed += 1
-        summary.message_ids.append(message.pk)
-        try:
-            outcome = _attempt(message, client_for)
-        except Exception as err:  # the loop boundary: record the failure, release the lease, go on
-            logger.exception("write-back %s: delivery attempt failed inside this app", message.pk)
-            outcome = Outcome(state=WritebackState.PENDING, error=f"Internal error: {type(err).__name__}")
-        outcome = _give_up_when_exhausted(message, outcome)
-        _outcome_apply(message=message, outcome=outcome, worker_id=worker_id)
-        if outcome.state == WritebackState.SENT:
-            summary.sent += 1
-        elif outcome.state == WritebackState.DEAD:
-            summary.dead += 1
-        else:
-            summary.retried += 1
-    return summary
+    return messages_deliver(
+        WRITEBACK, limit=limit, worker_id=worker_id, attempt=lambda message: _attempt(message, client_for)
+    )
 
 
-def _lease_seconds() -> float:
+def _lease_seconds(message: WritebackMessage) -> float:
     # A metadata read and one STOW-RS, each with its own timeout.
     return 4 * float(settings.TRIAGE_HTTP_TIMEOUT_SECONDS) + 30.0
 
 
-@transaction.atomic
 def _claim(*, limit: int, worker_id: str) -> list[WritebackMessage]:
-    now = timezone.now()
-    same_finding = WritebackMessage.objects.filter(study=OuterRef("study"), finding=OuterRef("finding"))
-    in_flight = same_finding.filter(lease_expires_at__gt=now).exclude(pk=OuterRef("pk"))
-    newer = same_finding.filter(version__gt=OuterRef("version"))
-    due = (
-        WritebackMessage.objects.filter(
-            Q(state=WritebackState.PENDING, next_attempt_at__lte=now)
-            | Q(state=WritebackState.SENDING, lease_expires_at__lte=now),
-            source__enabled=True,
-            source__write_back=True,
-        )
-        .exclude(Exists(in_flight))
-        .exclude(Exists(newer))
-        .order_by("next_attempt_at", "id")
-        .select_for_update(skip_locked=True, of=("self",))
-    )
-    claimed: list[WritebackMessage] = []
-    seen: set[tuple[int, str]] = set()
-    for message in due.select_related("source", "study", "predecessor")[: limit * 2]:
-        key = (message.study_id, message.finding)
-        if key in seen or len(claimed) >= limit:
-            continue
-        seen.add(key)
-        claimed.append(message)
-    if not claimed:
-        return []
-    lease_expires_at = now + timedelta(seconds=_lease_seconds())
-    WritebackMessage.objects.filter(pk__in=[m.pk for m in claimed]).update(
-        state=WritebackState.SENDING,
-        lease_owner=worker_id,
-        lease_expires_at=lease_expires_at,
-        attempts=F("attempts") + 1,
-    )
-    for message in claimed:
-        message.state, message.lease_owner, message.lease_expires_at = (
-            WritebackState.SENDING,
-            worker_id,
-            lease_expires_at,
-        )
-        message.attempts += 1
-    return claimed
+    return messages_claim(WRITEBACK, limit=limit, worker_id=worker_id)
 
 
-def _attempt(message: WritebackMessage, client_for: ClientFactory) -> Outcome:
+def _attempt(message: WritebackMessage, client_for: ClientFactory) -> WritebackOutcome:
     """Build and store one version; never raises for anything the PACS or the network does."""
     result = TriageResult.objects.filter(pk__in=message.result_ids).select_related("series").first()
     if result is None:
-        return Outcome(WritebackState.DEAD, error="The result this version describes no longer exists.")
+        return WritebackOutcome(WritebackState.DEAD, error="The result this version describes no longer exists.")
     study_uid = message.study.study_instance_uid
     try:
         client = client_for(message.source)
@@ -145,7 +74,7 @@ def _attempt(message: WritebackMessage, client_for: ClientFactory) -> Outcome:
         objects = documents_build(message=message, result=result, metadata=metadata)
         response = client.store_instances(objects, study_instance_uid=study_uid)
     except TriageError as err:  # a source misconfigured, or metadata that cannot make a valid object
-        return Outcome(WritebackState.DEAD, error=f"{err.code}: {err.message}")
+        return WritebackOutcome(WritebackState.DEAD, error=f"{err.code}: {err.message}")
     except (requests.RequestException, ValueError) as err:
         return _http_outcome(err)
     return _stored_outcome(response, key_image_sent=len(objects) > 1)
@@ -194,68 +123,37 @@ def _predecessor(message: WritebackMessage) -> documents.Predecessor | None:
     )
 
 
-def _http_outcome(err: BaseException) -> Outcome:
+def _http_outcome(err: BaseException) -> WritebackOutcome:
     """Never copy ``str(err)``: it holds the URL."""
     if isinstance(err, requests.Timeout | requests.ConnectionError):
-        return Outcome(WritebackState.PENDING, error=f"Network error: {type(err).__name__}")
+        return WritebackOutcome(WritebackState.PENDING, error=f"Network error: {type(err).__name__}")
     response = getattr(err, "response", None)
     code = getattr(response, "status_code", None)
     if code is None:
-        return Outcome(WritebackState.PENDING, error=f"Unreadable answer from the PACS: {type(err).__name__}")
+        return WritebackOutcome(WritebackState.PENDING, error=f"Unreadable answer from the PACS: {type(err).__name__}")
     if code >= 500 or code in RETRYABLE_STATUS:
-        return Outcome(WritebackState.PENDING, code, f"The PACS answered HTTP {code}.")
-    return Outcome(WritebackState.DEAD, code, f"The PACS refused the objects (HTTP {code}).")
+        return WritebackOutcome(WritebackState.PENDING, code, f"The PACS answered HTTP {code}.")
+    return WritebackOutcome(WritebackState.DEAD, code, f"The PACS refused the objects (HTTP {code}).")
 
 
-def _stored_outcome(response: Dataset, *, key_image_sent: bool) -> Outcome:
+def _stored_outcome(response: Dataset, *, key_image_sent: bool) -> WritebackOutcome:
     """A 200 may still list instances the PACS did not store (Failed SOP Sequence, with a reason per instance)."""
     failed = list(response.get("FailedSOPSequence", []) or [])
     if not failed:
-        return Outcome(WritebackState.SENT, 200, key_image_sent=key_image_sent)
+        return WritebackOutcome(WritebackState.SENT, 200, key_image_sent=key_image_sent)
     reasons = sorted({int(item.get("FailureReason", 0) or 0) for item in failed})
     error = "The PACS did not store {} object(s); failure reason(s) {}.".format(
         len(failed), ", ".join(f"{r:04X}H" for r in reasons)
     )
     retry = all(r & 0xFF00 == RETRYABLE_FAILURE_PREFIX for r in reasons)
-    return Outcome(WritebackState.PENDING if retry else WritebackState.DEAD, 200, error)
+    return WritebackOutcome(WritebackState.PENDING if retry else WritebackState.DEAD, 200, error)
 
 
-def _give_up_when_exhausted(message: WritebackMessage, outcome: Outcome) -> Outcome:
-    if outcome.state != WritebackState.PENDING or message.attempts < settings.TRIAGE_WRITEBACK_MAX_ATTEMPTS:
-        return outcome
-    error = f"{outcome.error} (gave up after {message.attempts} attempts)"
-    return Outcome(WritebackState.DEAD, outcome.status_code, error)
+def _columns(outcome: WritebackOutcome) -> dict[str, Any]:
+    return {"key_image_sent": outcome.key_image_sent} if outcome.state == WritebackState.SENT else {}
 
 
-def backoff_seconds(attempts: int) -> float:
-    """Exponential backoff with equal jitter."""
-    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, attempts - 1))
-    return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-
-def _outcome_apply(*, message: WritebackMessage, outcome: Outcome, worker_id: str) -> None:
-    now = timezone.now()
-    fields: dict[str, Any] = {
-        "lease_owner": "",
-        "lease_expires_at": None,
-        "last_status_code": outcome.status_code,
-        "last_error": outcome.error,
-    }
-    if outcome.state == WritebackState.SENT:
-        fields |= {"state": WritebackState.SENT, "sent_at": now, "key_image_sent": outcome.key_image_sent}
-    elif outcome.state == WritebackState.DEAD:
-        fields |= {"state": WritebackState.DEAD}
-    else:
-        next_at: dt.datetime = now + timedelta(seconds=backoff_seconds(message.attempts))
-        fields |= {"state": WritebackState.PENDING, "next_attempt_at": next_at}
-    # Only the lease holder records the result; a version superseded meanwhile stays superseded.
-    mine = WritebackMessage.objects.filter(pk=message.pk, lease_owner=worker_id)
-    if mine.filter(state=WritebackState.SENDING).update(**fields) == 0:
-        mine.update(lease_owner="", lease_expires_at=None, last_status_code=outcome.status_code)
-    _log_outcome(message, outcome)
-
-
-def _log_outcome(message: WritebackMessage, outcome: Outcome) -> None:
+def _log_outcome(message: WritebackMessage, outcome: WritebackOutcome) -> None:
     if outcome.state == WritebackState.SENT:
         logger.info("write-back %s v%s stored in %s", message.pk, message.version, message.source.name)
     elif outcome.state == WritebackState.DEAD:
@@ -270,3 +168,20 @@ def _log_outcome(message: WritebackMessage, outcome: Outcome) -> None:
             message.source.name,
             outcome.status_code,
         )
+
+
+WRITEBACK: Outbox[WritebackMessage, WritebackOutcome] = Outbox(
+    model=WritebackMessage,
+    outcome=WritebackOutcome,
+    states=States(WritebackState.PENDING, WritebackState.SENDING, WritebackState.SENT, WritebackState.DEAD),
+    logger=logger,
+    label="write-back",
+    document=("study", "finding"),
+    version="version",
+    enabled=Q(source__enabled=True, source__write_back=True),
+    related=("source", "study", "predecessor"),
+    lease_seconds=_lease_seconds,
+    max_attempts=lambda: settings.TRIAGE_WRITEBACK_MAX_ATTEMPTS,
+    columns=_columns,
+    log=_log_outcome,
+)
