@@ -233,6 +233,8 @@ TRIAGE_MAX_SERIES_INSTANCES = env_int("TRIAGE_MAX_SERIES_INSTANCES", 2000, minim
 # declares) and one series as sent by the PACS, so a runaway or hostile response never fills a worker's memory.
 TRIAGE_MAX_INSTANCE_BYTES = env_int("TRIAGE_MAX_INSTANCE_BYTES", 800_000_000, minimum=1)
 TRIAGE_MAX_SERIES_DOWNLOAD_BYTES = env_int("TRIAGE_MAX_SERIES_DOWNLOAD_BYTES", 1_000_000_000, minimum=1)
+# One series retrieval, retries included, in wall-clock seconds: the HTTP read timeout holds per chunk only.
+TRIAGE_RETRIEVE_DEADLINE_SECONDS = env_float("TRIAGE_RETRIEVE_DEADLINE_SECONDS", 600.0, minimum=1.0)
 # Validation exports (docs/validation-export.md): zips of de-identified studies, never served as static files.
 TRIAGE_EXPORT_DIR = Path(env_str("TRIAGE_EXPORT_DIR", str(BASE_DIR / ".run" / "exports")) or "")
 TRIAGE_JOB_LEASE_SECONDS = env_int("TRIAGE_JOB_LEASE_SECONDS", 120, minimum=1)

@@ -2,9 +2,10 @@
 crafted retrieval responses.
 
 Real requests go to the real Orthanc; the proxy only decides, per request, to answer an error instead, to answer
-late, to wait for the test to open the gate (so a test can kill a worker while its retrieval is in flight), or to
+late, to wait for the test to open the gate (so a test can kill a worker while its retrieval is in flight), to
 stream a body the test made (``crafted_retrieval``: headers and chunks, sent with chunked encoding as they are made,
-``sent_bytes`` counting what left before the client hung up).
+``sent_bytes`` counting what left before the client hung up), or to send Orthanc's retrieval a few bytes at a time
+(``trickle_bytes`` every ``trickle_seconds``: a PACS that is slow but never silent for a whole read timeout).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Faults:
     lock: threading.Lock = field(default_factory=threading.Lock)
     crafted_retrieval: Callable[[], tuple[dict[str, str], Iterable[bytes]]] | None = None
     sent_bytes: int = 0
+    trickle_bytes: int = 0
+    trickle_seconds: float = 0.0
 
     def take(self, counter: str) -> bool:
         with self.lock:
@@ -96,7 +99,29 @@ class PacsProxy:
                 if is_retrieval(self.path) and faults.crafted_retrieval is not None:
                     self._stream(*faults.crafted_retrieval())
                     return
+                if is_retrieval(self.path) and faults.trickle_bytes:
+                    self._trickle()
+                    return
                 self._forward()
+
+            def _trickle(self) -> None:
+                """Orthanc's answer with its Content-Length, the body ``trickle_bytes`` at a time."""
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in {"host", *HOP_HEADERS}}
+                upstream = requests.get(proxy.upstream + self.path, headers=headers, timeout=60)
+                kept = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS}
+                step, body = proxy.faults.trickle_bytes, upstream.content
+                self.close_connection = True
+                try:
+                    self.send_response(upstream.status_code)
+                    for key, value in {**kept, "Content-Length": str(len(body))}.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    for start in range(0, len(body), step):
+                        threading.Event().wait(proxy.faults.trickle_seconds)
+                        self.wfile.write(body[start : start + step])
+                        proxy.faults.sent_bytes += len(body[start : start + step])
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
 
             def _stream(self, headers: dict[str, str], chunks: Iterable[bytes]) -> None:
                 self.close_connection = True

@@ -1,8 +1,10 @@
-"""WADO-RS retrieval within its byte limits, against the real Orthanc and crafted responses from the proxy: a series
-or instance over a limit is refused while it is read, and the job ends rejected with the reason."""
+"""WADO-RS retrieval within its byte limits and its deadline, against the real Orthanc and crafted responses from the
+proxy: a series or instance over a limit is refused while it is read, and the job ends rejected with the reason; a
+PACS too slow to send a series within the deadline is cut off and retried later, like an outage."""
 
 from __future__ import annotations
 
+import time
 import zlib
 
 import pytest
@@ -176,3 +178,18 @@ def _dataset_bytes_without_pixels(ds) -> bytes:
 
 def _meta_end(data: bytes) -> int:
     return 132 + 12 + int.from_bytes(data[140:144], "little")
+
+
+def test_a_pacs_that_sends_slowly_is_cut_off_at_the_retrieval_deadline(
+    study, proxy, proxied_source, quick_retries, settings
+):
+    settings.TRIAGE_RETRIEVE_DEADLINE_SECONDS = 0.5
+    proxy.faults.trickle_bytes, proxy.faults.trickle_seconds = 256, 0.05  # each read well within the 1 s timeout
+    started = time.monotonic()
+
+    with pytest.raises(PacsError, match=r"within 0.5 s") as raised:
+        _retrieve(proxied_source, study)
+
+    assert raised.value.code == "pacs_too_slow"
+    assert time.monotonic() - started < 2.0  # the whole body takes about 5 s to trickle
+    assert sum(1 for path in proxy.faults.seen if "/series/" in path) == 1  # the deadline covers the retries too

@@ -1,18 +1,20 @@
 """Talking to a PACS over DICOMweb: one client per source, our own retries, failures as PACS errors.
 
 Searches and metadata go through the ``dicomweb_client.protocol.DICOMClient`` protocol, so tests can hand in any
-client. Series retrieval reads the WADO-RS multipart response as a stream and stops at the byte limits while it reads
-(``SeriesReader``). Messages and logs name the operation and the HTTP status only: request URLs carry query strings
-with patient identifiers, and headers carry credentials.
+client. Series retrieval reads the WADO-RS multipart response as a stream and stops at the byte limits and at its
+deadline while it reads (``SeriesReader``). Messages and logs name the operation and the HTTP status only: request
+URLs carry query strings with patient identifiers, and headers carry credentials.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
@@ -228,12 +230,15 @@ class Pacs:
         """Every instance of one series in its stored transfer syntax, read part by part within the limits.
 
         The byte limits (default: the settings) hold while the response is read: a series or instance over them is
-        refused before the rest arrives. A stream that breaks half-way is retried from the start.
+        refused before the rest arrives. A stream that breaks half-way is retried from the start, within one
+        deadline for the whole retrieval (TRIAGE_RETRIEVE_DEADLINE_SECONDS): the read timeout holds per chunk only,
+        so a PACS that trickles would otherwise hold the worker for ever.
         """
         limits = RetrievalLimits(
             instances=max_instances,
             instance_bytes=max_instance_bytes or settings.TRIAGE_MAX_INSTANCE_BYTES,
             series_bytes=max_series_bytes or settings.TRIAGE_MAX_SERIES_DOWNLOAD_BYTES,
+            seconds=settings.TRIAGE_RETRIEVE_DEADLINE_SECONDS,
         )
         return _pacs_call(
             lambda: list(self._stream_series(study_uid, series_uid, limits)),
@@ -242,6 +247,7 @@ class Pacs:
         )
 
     def _stream_series(self, study_uid: str, series_uid: str, limits: RetrievalLimits) -> Iterator[Dataset]:
+        limits.check_time()  # a retry after the deadline is not started
         if self.reader is None:  # a client without HTTP (tests): its datasets, counted as they come
             yield from _counted(
                 self.client.iter_series(study_uid, series_uid, media_types=STORED_TRANSFER_SYNTAX), limits
@@ -280,6 +286,21 @@ class RetrievalLimits:
     instances: int | None
     instance_bytes: int
     series_bytes: int
+    seconds: float | None = None  # the whole retrieval, retries included
+    started: float = field(default_factory=time.monotonic)
+
+    def seconds_left(self) -> float | None:
+        return None if self.seconds is None else self.seconds - (time.monotonic() - self.started)
+
+    def check_time(self) -> None:
+        """A PacsError (retried later, like an outage) once the retrieval has taken longer than ``seconds``."""
+        left = self.seconds_left()
+        if left is not None and left < 0:
+            raise PacsError(
+                f"Series retrieval: the PACS did not send the series within {self.seconds:g} s "
+                "(TRIAGE_RETRIEVE_DEADLINE_SECONDS).",
+                code="pacs_too_slow",
+            )
 
     def check_count(self, count: int) -> None:
         if self.instances is not None and count > self.instances:
@@ -309,6 +330,7 @@ def _dataset_of(part: bytes, count: int, limits: RetrievalLimits) -> Dataset:
 def _counted(datasets: Iterable[Dataset], limits: RetrievalLimits) -> Iterator[Dataset]:
     total = 0
     for count, ds in enumerate(datasets, start=1):
+        limits.check_time()
         limits.check_count(count)
         size = len(ds.get("PixelData") or b"")
         if size > limits.instance_bytes:
@@ -341,7 +363,34 @@ class SeriesReader:
             if declared.isdigit() and int(declared) > limits.series_bytes:
                 raise limits.series_too_large()
             boundary = multipart_boundary(response.headers.get("Content-Type", ""))
-            yield from multipart_parts(response.iter_content(CHUNK_BYTES), boundary, limits)
+            with _reads_cut_at_deadline(response, limits):
+                try:
+                    yield from multipart_parts(response.iter_content(CHUNK_BYTES), boundary, limits)
+                except requests.RequestException:
+                    limits.check_time()  # the deadline cut the read: say so rather than "broke off"
+                    raise
+
+
+@contextmanager
+def _reads_cut_at_deadline(response: requests.Response, limits: RetrievalLimits) -> Iterator[None]:
+    """Shut the socket for reading when the deadline passes. A read of a body with a Content-Length waits for the
+    whole chunk it asked for, each socket read within the timeout, so a PACS that trickles is never checked between
+    chunks; the shut socket ends that read at once."""
+    if (left := limits.seconds_left()) is None:
+        yield
+        return
+    timer = threading.Timer(max(0.0, left), _read_shutdown, args=(response,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _read_shutdown(response: requests.Response) -> None:
+    with suppress(ValueError, RuntimeError, OSError):  # already read and released: nothing to cut
+        response.raw.shutdown()  # urllib3 2.3+: safe from another thread
 
 
 def multipart_boundary(content_type: str) -> bytes | None:
@@ -369,6 +418,7 @@ class _Body:
 
     def more(self) -> bool:
         for chunk in self.chunks:
+            self.limits.check_time()
             self.total += len(chunk)
             if self.total > self.limits.series_bytes:
                 raise self.limits.series_too_large()
