@@ -22,7 +22,7 @@ from tests.triage.dicom_build import SeriesSpec, StudySpec
 from tests.triage.ingest_helpers import upload_study
 from triage.core.exceptions import InvalidInput
 from triage.governance import export
-from triage.models import AuditEvent, DateOption, ExportState, GroundTruth, ValidationExport
+from triage.models import AuditEvent, DateOption, DicomWebSource, ExportState, GroundTruth, ValidationExport
 
 pytestmark = pytest.mark.django_db
 
@@ -183,6 +183,22 @@ def test_a_burned_in_annotation_study_is_excluded_and_counted(studies, site_admi
     assert manifest["excluded"][0]["reason"] == "burned_in_annotation"
     assert len(study_uids) == 1
     assert manifest["excluded"][0]["studies"][0] not in study_uids
+
+
+def test_a_study_the_pacs_answers_with_a_malformed_retrieval_is_excluded_and_the_export_goes_on(
+    studies, site_admin, export_dir, orthanc, proxy
+):
+    broken = upload_study(orthanc, StudySpec(series=[SeriesSpec(slices=2)]))
+    behind_proxy = DicomWebSource.objects.create(name="pacs-behind-proxy", url=proxy.dicomweb_url)
+    StudyFactory(study_instance_uid=broken.study_uid, source=behind_proxy)
+    proxy.faults.crafted_retrieval = lambda: ({"Content-Type": "text/html"}, [b"<html>login</html>"])
+
+    row = _run(site_admin)
+
+    manifest = json.loads(_archive(export_dir, row).read("manifest.json"))
+    assert row.counts["excluded_by_reason"] == {"burned_in_annotation": 1, "pacs_bad_response": 1}
+    assert row.counts["studies_exported"] == 1
+    assert {item["reason"] for item in manifest["excluded"]} == {"burned_in_annotation", "pacs_bad_response"}
 
 
 def test_the_csv_is_keyed_by_new_uids_and_matches_results_and_labels(studies, site_admin, export_dir):

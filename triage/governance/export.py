@@ -27,7 +27,14 @@ from django_tasks import task
 from triage.core.audit import audit_record
 from triage.core.exceptions import InvalidInput, TriageError
 from triage.governance.deid import Deidentifier, burned_in_annotation
-from triage.ingest.dicomweb import Pacs, PacsNotFound, SeriesTooLarge, json_value
+from triage.ingest.dicomweb import (
+    InstanceTooLarge,
+    Pacs,
+    PacsBadResponse,
+    PacsNotFound,
+    SeriesTooLarge,
+    json_value,
+)
 from triage.models import (
     DateOption,
     ExportState,
@@ -66,6 +73,8 @@ class ExclusionReason:
     NOT_IN_PACS = "not_in_pacs"
     NO_SOURCE = "no_source"
     SERIES_TOO_LARGE = "series_too_large"
+    INSTANCE_TOO_LARGE = "instance_too_large"
+    BAD_RESPONSE = "pacs_bad_response"
 
 
 # --- selection ---------------------------------------------------------------------------------------------------
@@ -238,13 +247,21 @@ def _study_write(archive: zipfile.ZipFile, study: Study, deid: Deidentifier, tal
     except PacsNotFound:
         tally.exclude(ExclusionReason.NOT_IN_PACS, new_uid)
         return False
-    except SeriesTooLarge:
-        tally.exclude(ExclusionReason.SERIES_TOO_LARGE, new_uid)
+    except (SeriesTooLarge, PacsBadResponse) as err:  # this study's answer, not the PACS as a whole: go on
+        tally.exclude(_retrieval_reason(err), new_uid)
         return False
     tally.studies += 1
     tally.series += len(series_uids)
     tally.instances += written
     return True
+
+
+def _retrieval_reason(err: SeriesTooLarge | PacsBadResponse) -> str:
+    if isinstance(err, InstanceTooLarge):
+        return ExclusionReason.INSTANCE_TOO_LARGE
+    if isinstance(err, SeriesTooLarge):
+        return ExclusionReason.SERIES_TOO_LARGE
+    return ExclusionReason.BAD_RESPONSE
 
 
 def _exclusion(study: Study) -> str | None:
