@@ -9,7 +9,7 @@ import pytest
 
 from tests.triage.fhir_helpers import PATIENT_SYSTEM
 from tests.triage.ingest_helpers import FakeRunner
-from tests.triage.pacs_proxy import PacsProxy
+from tools.faultproxy import FaultProxy
 
 
 @pytest.fixture(autouse=True)
@@ -39,8 +39,8 @@ def pacs_source(db, orthanc):
 
 
 @pytest.fixture
-def proxy(orthanc_server) -> Iterator[PacsProxy]:
-    server = PacsProxy(orthanc_server.url).start()
+def proxy(orthanc_server) -> Iterator[FaultProxy]:
+    server = FaultProxy(orthanc_server.url).start()
     yield server
     server.stop()
 

@@ -21,32 +21,32 @@ def study(orthanc) -> StudySpec:
 
 
 def test_5xx_is_retried_until_the_pacs_answers(study, proxy, proxied_source, quick_retries):
-    proxy.faults.fail_next, proxy.faults.fail_status = 2, 503
+    proxy.script.fail_next, proxy.script.fail_status = 2, 503
 
     found = Pacs.for_source(proxied_source).search_studies(filters={}, limit=10, offset=0)
 
     assert [item["0020000D"]["Value"][0] for item in found] == [study.study_uid]
-    assert len(proxy.faults.seen) == 3
+    assert len(proxy.script.seen) == 3
 
 
 def test_timeout_is_retried(study, proxy, proxied_source, quick_retries):
-    proxy.faults.delay_next, proxy.faults.delay_seconds = 1, 2.0
+    proxy.script.delay_next, proxy.script.delay_seconds = 1, 2.0
 
     series = Pacs.for_source(proxied_source).search_series(study.study_uid)
 
     assert len(series) == 1
-    assert proxy.faults.seen[0] == proxy.faults.seen[1]
+    assert proxy.script.seen[0] == proxy.script.seen[1]
 
 
 def test_persistent_5xx_is_a_pacs_error_without_the_url(study, proxy, proxied_source, quick_retries, caplog):
-    proxy.faults.fail_next, proxy.faults.fail_status = 10, 502
+    proxy.script.fail_next, proxy.script.fail_status = 10, 502
     caplog.set_level(logging.WARNING)
 
     with pytest.raises(PacsError) as raised:
         Pacs.for_source(proxied_source).search_studies(filters={"PatientID": "PID1"}, limit=5, offset=0)
 
     assert "502" in raised.value.message
-    assert len(proxy.faults.seen) == 3
+    assert len(proxy.script.seen) == 3
     assert "PID1" not in caplog.text
     assert "PID1" not in raised.value.message
 
@@ -55,16 +55,16 @@ def test_missing_series_is_not_found_and_not_retried(study, proxy, proxied_sourc
     with pytest.raises(PacsNotFound):
         Pacs.for_source(proxied_source).series_metadata(study.study_uid, "1.2.3.999")
 
-    assert len(proxy.faults.seen) == 1
+    assert len(proxy.script.seen) == 1
 
 
 def test_a_refused_request_is_not_retried(study, proxy, proxied_source, quick_retries):
-    proxy.faults.fail_next, proxy.faults.fail_status = 1, 400
+    proxy.script.fail_next, proxy.script.fail_status = 1, 400
 
     with pytest.raises(PacsRequestRejected):
         Pacs.for_source(proxied_source).search_series(study.study_uid)
 
-    assert len(proxy.faults.seen) == 1
+    assert len(proxy.script.seen) == 1
 
 
 def test_unreachable_pacs_is_a_pacs_error(quick_retries):

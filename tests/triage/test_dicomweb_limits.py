@@ -74,56 +74,56 @@ def test_retrieval_within_the_limits_gives_every_instance(study, pacs_source, se
 def test_an_endless_part_is_cut_off_while_it_is_read(study, proxy, proxied_source, settings):
     settings.TRIAGE_MAX_INSTANCE_BYTES = MIB
     zeros = b"\0" * (64 * 1024)
-    proxy.faults.crafted_retrieval = lambda: (MULTIPART, [_part(b""), *(zeros for _ in range(1024))])  # 64 MiB
+    proxy.script.crafted_retrieval = lambda: (MULTIPART, [_part(b""), *(zeros for _ in range(1024))])  # 64 MiB
 
     with pytest.raises(InstanceTooLarge):
         _retrieve(proxied_source, study)
 
-    assert proxy.faults.sent_bytes < 16 * MIB
+    assert proxy.script.sent_bytes < 16 * MIB
 
 
 def test_many_parts_each_within_the_limit_are_cut_off_at_the_series_limit(study, proxy, proxied_source, settings):
     settings.TRIAGE_MAX_SERIES_DOWNLOAD_BYTES = 2 * MIB
     instance = _instance()
-    proxy.faults.crafted_retrieval = lambda: (MULTIPART, [*(_part(instance) for _ in range(5000)), _close()])
+    proxy.script.crafted_retrieval = lambda: (MULTIPART, [*(_part(instance) for _ in range(5000)), _close()])
 
     with pytest.raises(SeriesTooLarge):
         _retrieve(proxied_source, study)
 
-    assert proxy.faults.sent_bytes < 5000 * len(instance) / 4
+    assert proxy.script.sent_bytes < 5000 * len(instance) / 4
 
 
 def test_a_deflate_bomb_is_refused_without_being_inflated(study, proxy, proxied_source, settings):
     settings.TRIAGE_MAX_INSTANCE_BYTES = MIB
-    proxy.faults.crafted_retrieval = lambda: (MULTIPART, [_part(_deflate_bomb(64)), _close()])
+    proxy.script.crafted_retrieval = lambda: (MULTIPART, [_part(_deflate_bomb(64)), _close()])
 
     with pytest.raises(InstanceTooLarge, match="inflates to more than"):
         _retrieve(proxied_source, study)
 
-    assert sum(1 for path in proxy.faults.seen if "/series/" in path) == 1  # refused, not retried
+    assert sum(1 for path in proxy.script.seen if "/series/" in path) == 1  # refused, not retried
 
 
 def test_a_body_that_ends_inside_a_part_is_retried_as_a_broken_stream(study, proxy, proxied_source, quick_retries):
-    proxy.faults.crafted_retrieval = lambda: (MULTIPART, [_part(_instance()[:500])])
+    proxy.script.crafted_retrieval = lambda: (MULTIPART, [_part(_instance()[:500])])
 
     with pytest.raises(PacsError, match="broke off"):
         _retrieve(proxied_source, study)
 
-    assert len(proxy.faults.seen) == 3
+    assert len(proxy.script.seen) == 3
 
 
 def test_a_response_that_is_not_multipart_is_refused_and_not_retried(study, proxy, proxied_source, quick_retries):
-    proxy.faults.crafted_retrieval = lambda: ({"Content-Type": "text/html"}, [b"<html>login</html>"])
+    proxy.script.crafted_retrieval = lambda: ({"Content-Type": "text/html"}, [b"<html>login</html>"])
 
     with pytest.raises(PacsBadResponse):
         _retrieve(proxied_source, study)
 
-    assert len(proxy.faults.seen) == 1
+    assert len(proxy.script.seen) == 1
 
 
 def test_crafted_parts_within_the_limits_are_read(study, proxy, proxied_source):
     instance = _instance()
-    proxy.faults.crafted_retrieval = lambda: (
+    proxy.script.crafted_retrieval = lambda: (
         MULTIPART,
         [_part(instance[:100]), instance[100:], _part(instance), _close()],
     )
@@ -184,7 +184,7 @@ def test_a_pacs_that_sends_slowly_is_cut_off_at_the_retrieval_deadline(
     study, proxy, proxied_source, quick_retries, settings
 ):
     settings.TRIAGE_RETRIEVE_DEADLINE_SECONDS = 0.5
-    proxy.faults.trickle_bytes, proxy.faults.trickle_seconds = 256, 0.05  # each read well within the 1 s timeout
+    proxy.script.trickle_bytes, proxy.script.trickle_seconds = 256, 0.05  # each read well within the 1 s timeout
     started = time.monotonic()
 
     with pytest.raises(PacsError, match=r"within 0.5 s") as raised:
@@ -192,4 +192,4 @@ def test_a_pacs_that_sends_slowly_is_cut_off_at_the_retrieval_deadline(
 
     assert raised.value.code == "pacs_too_slow"
     assert time.monotonic() - started < 2.0  # the whole body takes about 5 s to trickle
-    assert sum(1 for path in proxy.faults.seen if "/series/" in path) == 1  # the deadline covers the retries too
+    assert sum(1 for path in proxy.script.seen if "/series/" in path) == 1  # the deadline covers the retries too

@@ -127,7 +127,7 @@ def test_pacs_failure_during_retrieval_requeues_with_backoff_then_succeeds(
     settings.TRIAGE_PACS_HTTP_ATTEMPTS = 1
     spec = upload_study(orthanc, StudySpec())
     job = queue(spec)
-    proxy.faults.fail_retrievals_next, proxy.faults.fail_status = 1, 503
+    proxy.script.fail_retrievals_next, proxy.script.fail_status = 1, 503
 
     first = run(job)
     after_failure = (first.state, first.error_code, first.pacs_failures, first.attempts)

@@ -115,14 +115,14 @@ def test_worker_killed_during_retrieval_leaves_every_study_done_exactly_once(
     specs = [upload_study(orthanc, StudySpec(accession=f"K{i}")) for i in range(3)]
     for spec in specs:
         study_request_triage(study_instance_uid=spec.study_uid, source_name="pacs")
-    proxy.faults.gate_retrievals = True
+    proxy.script.gate_retrievals = True
 
     first = processes(*WORKER, "--worker-id", "doomed")
-    assert proxy.faults.retrieval_started.wait(timeout=60), "the worker never started a retrieval"
+    assert proxy.script.retrieval_started.wait(timeout=60), "the worker never started a retrieval"
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=10)
-    proxy.faults.gate_retrievals = False
-    proxy.faults.gate.set()
+    proxy.script.gate_retrievals = False
+    proxy.script.gate.set()
     interrupted = TriageJob.objects.get(state=JobState.FETCHING)
     processes(*WORKER, "--worker-id", "survivor")
     processes("triage_poll", "--no-poll")

@@ -81,10 +81,10 @@ def test_only_ct_studies_are_queued(orthanc, pacs_source):
 def test_pacs_outage_is_recorded_and_the_next_poll_catches_up(orthanc, proxy, proxied_source, quick_retries):
     source_poll(source=proxied_source)
     during = upload_study(orthanc, tiny())
-    proxy.faults.fail_next, proxy.faults.fail_status = 100, 503
+    proxy.script.fail_next, proxy.script.fail_status = 100, 503
 
     failed = source_poll(source=proxied_source)
-    proxy.faults.fail_next = 0
+    proxy.script.fail_next = 0
     recovered = source_poll(source=proxied_source)
 
     proxied_source.refresh_from_db()

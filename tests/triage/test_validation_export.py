@@ -191,7 +191,7 @@ def test_a_study_the_pacs_answers_with_a_malformed_retrieval_is_excluded_and_the
     broken = upload_study(orthanc, StudySpec(series=[SeriesSpec(slices=2)]))
     behind_proxy = DicomWebSource.objects.create(name="pacs-behind-proxy", url=proxy.dicomweb_url)
     StudyFactory(study_instance_uid=broken.study_uid, source=behind_proxy)
-    proxy.faults.crafted_retrieval = lambda: ({"Content-Type": "text/html"}, [b"<html>login</html>"])
+    proxy.script.crafted_retrieval = lambda: ({"Content-Type": "text/html"}, [b"<html>login</html>"])
 
     row = _run(site_admin)
 

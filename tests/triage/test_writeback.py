@@ -231,7 +231,7 @@ def test_a_pacs_answering_5xx_is_retried_then_dead_lettered_and_can_be_requeued(
     proxied_source.write_back = True
     proxied_source.save()
     recorded_result(proxied_source, pacs_study)
-    proxy.faults.fail_next = 100
+    proxy.script.fail_next = 100
     deliver()
     message = WritebackMessage.objects.get()
     assert (message.state, message.attempts, message.last_status_code) == (WritebackState.PENDING, 1, 503)
