@@ -300,7 +300,7 @@ class RetrievalLimits:
                 f"Series retrieval: the PACS did not send the series within {self.seconds:g} s "
                 "(TRIAGE_RETRIEVE_DEADLINE_SECONDS).",
                 code="pacs_too_slow",
-            )
+            ) from None  # raised while a transport error is handled: never chain it, its text holds the URL
 
     def check_count(self, count: int) -> None:
         if self.instances is not None and count > self.instances:
