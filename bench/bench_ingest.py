@@ -5,8 +5,9 @@ Rows, in the same run against the same Orthanc (its files read once beforehand, 
    else.
 2. ``bare WADO-RS``: the whole series in one multipart WADO-RS response, bytes counted and dropped.
 3. ``ingest``: from the notify service call (``study_request_triage``) to a ready float32 HU volume, in a separate
-   worker process: claim the job, QIDO-RS the series, one instance's metadata per series, routing, WADO-RS retrieval
-   in the stored transfer syntax, volume assembly. Inference is not included.
+   process set up like an ingest worker (freed memory kept): claim the job, QIDO-RS the series, one instance's
+   metadata per series, routing, WADO-RS retrieval in the stored transfer syntax, volume assembly. Inference is not
+   included.
 
 Each row is the median of ``BENCH_INGEST_REPEATS`` runs (default 3). ``ratio`` divides the ingest time by the
 per-instance download (the issue's measure); ``ratio_vs_wado_stream`` by the single WADO-RS stream, a floor that
@@ -95,12 +96,14 @@ def bare_wado(dicomweb_url: str, study_uid: str, series_uid: str) -> tuple[float
 
 def worker(study_uid: str, repeats: int) -> None:
     """The ingest path in its own process, so its peak memory is the worker's alone."""
+    from triage.core.workers import memory_keep_freed
     from triage.ingest import jobs
     from triage.ingest.dicomweb import Pacs
     from triage.ingest.pipeline import series_volume, study_discover
     from triage.ingest.services import study_request_triage
     from triage.models import Study
 
+    memory_keep_freed()  # as an ingest worker (``manage.py triage_ingest``) does before its first study
     seconds, shape = [], None
     for _ in range(repeats):
         Study.objects.filter(study_instance_uid=study_uid).delete()
@@ -109,7 +112,7 @@ def worker(study_uid: str, repeats: int) -> None:
         job = jobs.job_claim(job_id=job.pk, worker_id="bench")
         pacs = Pacs.for_source(job.study.source)
         routed = study_discover(job=job, worker_id="bench", pacs=pacs)
-        volume = series_volume(pacs=pacs, series=routed[0], instance=routed[0]._instance)
+        volume = series_volume(pacs=pacs, series=routed[0], instance=routed[0].discovered_instance)
         seconds.append(time.perf_counter() - started)
         shape = list(volume.hu.shape)
         del volume

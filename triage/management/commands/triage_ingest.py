@@ -1,5 +1,6 @@
 """``manage.py triage_ingest``: an ingest worker, i.e. django-tasks-db's ``db_worker`` (same options) made ready for
-its first study before it claims one: freed memory is kept for the next study and the enabled models are loaded."""
+its first study before it claims one: freed memory is kept for the next study, the enabled models are loaded and the
+pipeline and URLconf imported."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 import time
 from typing import Any
 
+from django.urls import get_resolver
 from django_tasks_db.management.commands.db_worker import Command as DbWorkerCommand
 
 from triage.core.workers import memory_keep_freed
@@ -20,10 +22,13 @@ class Command(DbWorkerCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         started = time.monotonic()
         kept = memory_keep_freed()
-        # The pipeline is what every task runs; importing it here keeps the import off the first study's clock.
+        # What every task runs, imported now rather than on the first study's clock: the pipeline, and the URLconf
+        # that the first worklist event resolves its key-image link against (it imports every view: seconds, inside
+        # the transaction that records the first result).
         from triage.ingest import pipeline  # noqa: F401
         from triage.ingest.runners import runners_preload
 
+        get_resolver().url_patterns  # noqa: B018 - loading the URLconf is the point
         loaded = runners_preload()
         logger.info(
             "ingest worker ready in %.1f s: models %s, freed memory %s",
