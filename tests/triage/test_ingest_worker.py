@@ -17,6 +17,7 @@ from django_tasks_db.models import DBTaskResult
 from tests.factories import JobFactory
 from triage.core.exceptions import ModelUnavailable
 from triage.ingest import jobs, runners
+from triage.management.commands import triage_ingest
 from triage.models import JobState, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +72,9 @@ def test_a_model_that_cannot_be_loaded_is_left_to_the_job(monkeypatch, caplog):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_ingest_worker_loads_its_models_then_runs_queued_jobs(loads, worker_signals_restored):
+def test_the_ingest_worker_loads_its_models_then_runs_queued_jobs(loads, worker_signals_restored, monkeypatch):
+    # The memory setting would last for the rest of this test process; the tests below check it in their own.
+    monkeypatch.setattr(triage_ingest, "memory_keep_freed", lambda: True)
     # A study with no DICOMweb source: the job ends failed with a recorded reason, no PACS involved.
     job = JobFactory(study__source=None)
     task_id = jobs.job_enqueue(job_id=job.pk)
