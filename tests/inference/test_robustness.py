@@ -32,3 +32,15 @@ def test_noise_shift_raises_the_noise() -> None:
 
     air = base.volume_hu < -900
     assert float(np.std(noisy.volume_hu[air] - base.volume_hu[air])) > 0.5
+
+
+def test_robustness_refuses_the_seed_the_weights_were_trained_with() -> None:
+    from inference.loader import read_card, shipped_weights
+    from inference.robustness import main
+
+    trained_seed = read_card(shipped_weights("lvo"))["training"]["seed"]
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--finding", "lvo", "--seed", str(trained_seed), "--count", "2", "--shift", "none"])
+
+    assert exited.value.code == 2
