@@ -276,8 +276,39 @@ def class_histograms(card: dict[str, Any]) -> tuple[list[float], np.ndarray, np.
 
 
 def _operating_point(card: dict[str, Any]) -> tuple[float, float]:
+    """The ``reference`` section's operating point where it states one, else the validation split's."""
+    ref = card.get("reference") or {}
+    if "sensitivity" in ref and "specificity" in ref:
+        return float(ref["sensitivity"]), float(ref["specificity"])
     op = card["validation"]["operating_point"]
     return float(op["sensitivity"]["estimate"]), float(op["specificity"]["estimate"])
+
+
+def reference_from_evaluations(card: dict[str, Any], sections: list[str]) -> dict[str, Any]:
+    """A ``reference`` section pooled from held-out evaluation sections: their calibration bins split by class and
+    their operating points at the card's threshold. For a card whose validation split was drawn wider than a site's
+    scanners (domain randomisation), so that monitoring expects what plain studies give."""
+    evaluations = [card[name] for name in sections]
+    edges = evaluations[0]["calibration"]["bin_edges"]
+    pos, neg = np.zeros(len(edges) - 1), np.zeros(len(edges) - 1)
+    tp = fn = tn = fp = 0
+    for ev in evaluations:
+        cal = ev["calibration"]
+        if cal["bin_edges"] != edges:
+            raise ValueError("Evaluation sections have different calibration bins")
+        counts = np.asarray(cal["counts"], dtype=np.float64)
+        rate = np.asarray([r if r is not None else 0.0 for r in cal["observed_rate"]], dtype=np.float64)
+        pos, neg = pos + counts * rate, neg + counts * (1.0 - rate)
+        op = ev["operating_point"]
+        tp, fn, tn, fp = tp + op["tp"], fn + op["fn"], tn + op["tn"], fp + op["fp"]
+    return {
+        "source": f"held-out evaluation sections {', '.join(sections)}",
+        "bin_edges": edges,
+        "positives": [round(float(v), 3) for v in pos],
+        "negatives": [round(float(v), 3) for v in neg],
+        "sensitivity": tp / (tp + fn),
+        "specificity": tn / (tn + fp),
+    }
 
 
 def flag_rate(sensitivity: float, specificity: float, prevalence: float) -> float:

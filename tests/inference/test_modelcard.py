@@ -71,9 +71,22 @@ def test_a_card_without_validation_cannot_give_a_reference():
         modelcard.card_reference({"threshold": 0.5})
 
 
-def test_the_shipped_ich_card_expects_about_10_to_28_percent_flagged():
+def test_the_shipped_ich_card_expects_about_12_to_29_percent_flagged():
     reference = modelcard.card_reference(modelcard.shipped_card("ich"))
-    assert (round(reference.flag_rate_low, 2), round(reference.flag_rate_high, 2)) == (0.10, 0.28)
+    assert (round(reference.flag_rate_low, 2), round(reference.flag_rate_high, 2)) == (0.12, 0.29)
+
+
+def test_a_reference_pooled_from_evaluations_sets_the_expected_operating_point():
+    def evaluation(tp: int, fn: int, tn: int, fp: int) -> dict:
+        calibration = {"bin_edges": [0.0, 0.5, 1.0], "counts": [tn + fn, tp + fp]}
+        calibration["observed_rate"] = [fn / (tn + fn), tp / (tp + fp)]
+        return {"calibration": calibration, "operating_point": {"tp": tp, "fn": fn, "tn": tn, "fp": fp}}
+
+    card = {**CARD, "eval_a": evaluation(90, 10, 95, 5), "eval_b": evaluation(70, 30, 85, 15)}
+    card["reference"] = modelcard.reference_from_evaluations(card, ["eval_a", "eval_b"])
+
+    assert modelcard._operating_point(card) == (0.8, 0.9)
+    assert card["reference"]["positives"] == [40.0, 160.0]
 
 
 def test_flag_rate_band_at_the_cards_threshold_is_the_operating_point():
