@@ -7,7 +7,8 @@ They complement inference/stats.py (ROC, bootstrap, Wilson, operating points, PS
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -117,3 +118,23 @@ def flag_rate_test(*, flagged: int, window: int, low: float, high: float, alpha:
     if p_low < alpha:
         return "low", p_low
     return None, min(p_high, p_low)
+
+
+_Grouped = TypeVar("_Grouped")
+
+SUBGROUP_DIMENSIONS: dict[str, Callable[[Any], str]] = {
+    "Scanner": lambda c: c.scanner,
+    "Slice thickness": lambda c: c.slice_band,
+    "Age": lambda c: c.age_band,
+    "Sex": lambda c: c.sex,
+}
+
+
+def subgroups(items: Sequence[_Grouped]) -> Iterator[tuple[str, str, list[_Grouped]]]:
+    """(dimension, group, members) per dimension, groups sorted: validation cases and shadow pairs alike."""
+    for dimension, key in SUBGROUP_DIMENSIONS.items():
+        groups: dict[str, list[_Grouped]] = {}
+        for item in items:
+            groups.setdefault(key(item), []).append(item)
+        for group, members in sorted(groups.items()):
+            yield dimension, group, members

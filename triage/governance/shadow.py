@@ -13,6 +13,7 @@ from django.db.models import Count, Q
 
 from inference import stats
 from triage.governance import metrics
+from triage.governance.metrics import subgroups
 from triage.governance.shadow_stats import Agreement, PairedAuc, cohen_kappa, delong_paired
 from triage.governance.validation import ground_truth_labels
 from triage.models import ShadowModel, ShadowResult, ShadowRunStatus, ShadowState, TriageJob, TriageResult
@@ -214,22 +215,8 @@ def shadow_cost(*, shadow_model: ShadowModel) -> Cost:
     )
 
 
-SUBGROUPS = {
-    "Scanner": lambda p: p.scanner,
-    "Slice thickness": lambda p: p.slice_band,
-    "Age": lambda p: p.age_band,
-    "Sex": lambda p: p.sex,
-}
-
-
 def _subgroup_rows(pairs: list[Pair], threshold: float) -> list[LabelledRow]:
-    rows = []
-    for dimension, key in SUBGROUPS.items():
-        groups: dict[str, list[Pair]] = {}
-        for pair in pairs:
-            groups.setdefault(key(pair), []).append(pair)
-        rows += [_labelled_row(dimension, group, members, threshold) for group, members in sorted(groups.items())]
-    return rows
+    return [_labelled_row(dimension, group, members, threshold) for dimension, group, members in subgroups(pairs)]
 
 
 def _labelled_row(dimension: str, group: str, pairs: list[Pair], shadow_threshold: float) -> LabelledRow:

@@ -22,6 +22,7 @@ from django.utils import timezone
 from inference import stats
 from triage.core.audit import audit_record
 from triage.governance import cards, metrics
+from triage.governance.metrics import subgroups
 from triage.models import (
     Finding,
     GroundTruth,
@@ -370,27 +371,14 @@ def validation_summary(*, finding: str, model_version: str, threshold: float | N
     return summary
 
 
-SUBGROUP_DIMENSIONS = {
-    "Scanner": lambda c: c.scanner,
-    "Slice thickness": lambda c: c.slice_band,
-    "Age": lambda c: c.age_band,
-    "Sex": lambda c: c.sex,
-}
-
-
 def subgroup_rows(cases: list[Case], threshold: float) -> list[SubgroupRow]:
     rows = []
-    for dimension, key in SUBGROUP_DIMENSIONS.items():
-        groups: dict[str, list[Case]] = {}
-        for case in cases:
-            groups.setdefault(key(case), []).append(case)
-        for group, members in sorted(groups.items()):
-            y, s = _arrays(members)
-            point = stats.operating_point(y, s, threshold)
-            auc = stats.auc(y, s) if y.any() and not y.all() else None
-            rows.append(
-                SubgroupRow(dimension, group, len(members), int(y.sum()), auc, point.sensitivity, point.specificity)
-            )
+    for dimension, group, members in subgroups(cases):
+        y, s = _arrays(members)
+        point = stats.operating_point(y, s, threshold)
+        auc = stats.auc(y, s) if y.any() and not y.all() else None
+        n_positive = int(y.sum())
+        rows.append(SubgroupRow(dimension, group, len(members), n_positive, auc, point.sensitivity, point.specificity))
     return rows
 
 
