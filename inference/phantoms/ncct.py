@@ -7,7 +7,7 @@ from typing import cast
 
 import numpy as np
 
-from inference.phantoms import anatomy, mimics, randomise, scanner
+from inference.phantoms import anatomy, mimics, randomise, scanner, variants
 from inference.phantoms.geometry import Grid
 from inference.phantoms.hemorrhage import PAINTERS, SUBTYPES
 from inference.phantoms.scene import Canvas, Pose, draw_pose, resolve_anatomy
@@ -15,6 +15,7 @@ from inference.phantoms.types import Phantom
 
 _STREAM = 0x1C4  # keeps NCCT draws apart from CTA draws for the same seed
 _HARD_SHARE = 0.45  # share of negatives built around a mimic
+_PARAMETRIC_SHARE = 0.3  # family R: share of studies on the parametric brain instead of the template
 _INCIDENTAL = (("pineal_calcification", 0.3), ("choroid_calcification", 0.2), ("dense_falx", 0.15))
 
 
@@ -38,6 +39,8 @@ def generate_ncct(
     family = scanner.check_family(family)
     positive, subtype, hard_negative = _decide(rng, positive, subtype, hard_negative)
     kind = resolve_anatomy(anatomy)
+    if family == "R" and anatomy == "auto" and rng.random() < _PARAMETRIC_SHARE:
+        kind = "parametric"  # a second, differently built brain
     scan = scanner.draw_scanner(
         rng,
         kind="ncct",
@@ -48,6 +51,7 @@ def generate_ncct(
     )
     pose = draw_pose(rng, family=family)
     canvas = _base_canvas(rng, kind, scan, pose, shape, family)
+    varied = variants.paint_anatomy(canvas, rng) if family == "R" else []
     incidental = _paint_incidental(canvas, rng)
     finding: dict[str, object] = {}
     if positive:
@@ -58,12 +62,15 @@ def generate_ncct(
     volume = canvas.volume
     volume[volume > -200] += np.float32(rng.normal(0.0, 1.5 if family == "A" else 3.0))
     acquisition: dict[str, object] = {}
+    if family == "R":
+        volume, canvas.mask, acquisition["warp_mm"] = variants.warp(volume, canvas.mask, rng, scan.spacing_mm)
     if not clean and family == "R":
         if hard_negative == "beam_hardening":
             mimics.beam_hardening(volume, canvas, rng, float(rng.uniform(0.35, 1.0)))
-        volume, acquisition = randomise.acquire(
+        volume, acquired = randomise.acquire(
             volume, rng, spacing=scan.spacing_mm, thickness=scan.slice_thickness_mm, kind="ncct", keep=canvas.mask
         )
+        acquisition.update(acquired)
     elif not clean:
         volume = scanner.blur(volume, scan)
         if hard_negative == "beam_hardening":
@@ -78,6 +85,7 @@ def generate_ncct(
         "family": family,
         "anatomy": kind,
         "incidental": incidental,
+        "anatomy_variants": varied,
         "scanner": scan.as_meta(),
         "pose": pose.as_meta(),
         "acquisition": acquisition,
