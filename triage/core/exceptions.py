@@ -47,6 +47,20 @@ class PacsError(TriageError):
     status = 502
 
 
+class PacsNotFound(TriageError):
+    """The PACS answered that the study or series does not exist (any more)."""
+
+    code = "pacs_not_found"
+    status = 404
+
+
+class PacsRequestRejected(TriageError):
+    """The PACS refused the request itself (4xx): retrying the same request cannot help."""
+
+    code = "pacs_rejected"
+    status = 502
+
+
 class RejectedInput(TriageError):
     """The study cannot be triaged as it is (corrupt, incomplete, too large): do not retry."""
 
