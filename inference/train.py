@@ -335,11 +335,14 @@ PHANTOM_FIGURES = (
 )
 
 
-def randomisation_notes() -> dict[str, dict[str, Any]]:
-    """The family-R ranges with their units and sources, as the card's ``randomisation`` section."""
+def randomisation_notes(finding: str) -> dict[str, dict[str, Any]]:
+    """The family-R ranges with their units and sources, as the card's ``randomisation`` section; for ICH also the
+    anatomical variation (``inference/phantoms/variants.py``)."""
     from inference.phantoms.randomise import RANGES
+    from inference.phantoms.variants import ANATOMY_RANGES
 
-    return {k: {"low": lo, "high": hi, "unit": unit, "source": src} for k, (lo, hi, unit, src) in RANGES.items()}
+    ranges = {**RANGES, **ANATOMY_RANGES} if finding == "ich" else RANGES
+    return {k: {"low": lo, "high": hi, "unit": unit, "source": src} for k, (lo, hi, unit, src) in ranges.items()}
 
 
 def with_card_notes(summary: dict[str, Any], family: str, lineage: str | None) -> dict[str, Any]:
@@ -348,7 +351,7 @@ def with_card_notes(summary: dict[str, Any], family: str, lineage: str | None) -
     parts = [lineage] if lineage else []
     parts.append(AUGMENTATION_NOTE)
     if "R" in family.split("+"):
-        ranges = randomisation_notes()
+        ranges = randomisation_notes(summary.get("finding", ""))
         summary["randomisation"] = ranges
         listed = "; ".join(f"{k} {v['low']:g} to {v['high']:g} {v['unit']} ({v['source']})" for k, v in ranges.items())
         parts.append(
@@ -357,6 +360,13 @@ def with_card_notes(summary: dict[str, Any], family: str, lineage: str | None) -
             "and rescale slope/intercept conventions, field-of-view circle, slice spacing 1.4-5 mm at generation "
             "(thinner native slices through their noise), rare front-back and head-foot flips."
         )
+        if summary.get("finding") == "ich":
+            parts.append(
+                "Anatomy varied per family-R study (inference/phantoms/variants.py): the parametric brain instead of "
+                "the MNI template for 30 %; skull base (petrous ridges, mastoid air cells, clivus, sphenoid sinus, "
+                "orbits), face and neck soft tissue, dural venous sinuses, tentorium and deep grey nuclei, each with "
+                "its own chance and density; then a smooth warp of the whole head."
+            )
     if parts:
         summary["training"] = {**summary["training"], "lineage": " ".join(parts)}
     return summary

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from inference.phantoms import generate_ncct, variants
-from inference.phantoms.anatomy import head_model
+from inference.phantoms.anatomy import HU, head_model, sample
 from inference.phantoms.geometry import Grid
 from inference.phantoms.scene import Canvas
 
 
-def _canvas(shape: tuple[int, int, int] = (40, 64, 64), spacing: tuple[float, float, float] = (5.0, 3.5, 3.5)) -> Canvas:
+def _canvas() -> Canvas:
+    shape, spacing = (40, 64, 64), (5.0, 3.5, 3.5)
     head = head_model("parametric", 2.0)
     grid = Grid.posed(
         shape,
@@ -21,8 +22,6 @@ def _canvas(shape: tuple[int, int, int] = (40, 64, 64), spacing: tuple[float, fl
         scale=np.ones(3),
         shift_mm=np.zeros(3),
     )
-    from inference.phantoms.anatomy import HU, sample
-
     volume = sample(head, grid, grid.full(), (HU,))[0]
     return Canvas(head, grid, volume, np.zeros(shape, dtype=bool))
 
