@@ -336,8 +336,8 @@ PHANTOM_FIGURES = (
 
 
 def randomisation_notes(finding: str) -> dict[str, dict[str, Any]]:
-    """The family-R ranges with their units and sources, as the card's ``randomisation`` section; for ICH also the
-    anatomical variation (``inference/phantoms/variants.py``)."""
+    """The family-R ranges with their units and sources, as the card's ``randomisation`` section; for ICH on family V
+    also the anatomical variation (``inference/phantoms/variants.py``)."""
     from inference.phantoms.randomise import RANGES
     from inference.phantoms.variants import ANATOMY_RANGES
 
@@ -350,8 +350,9 @@ def with_card_notes(summary: dict[str, Any], family: str, lineage: str | None) -
     summary = {**summary, "limits": [*LIMITS, PHANTOM_FIGURES]}
     parts = [lineage] if lineage else []
     parts.append(AUGMENTATION_NOTE)
-    if "R" in family.split("+"):
-        ranges = randomisation_notes(summary.get("finding", ""))
+    families = set(family.split("+"))
+    if families & {"R", "V"}:
+        ranges = randomisation_notes(summary.get("finding", "") if "V" in families else "")
         summary["randomisation"] = ranges
         listed = "; ".join(f"{k} {v['low']:g} to {v['high']:g} {v['unit']} ({v['source']})" for k, v in ranges.items())
         parts.append(
@@ -360,12 +361,12 @@ def with_card_notes(summary: dict[str, Any], family: str, lineage: str | None) -
             "and rescale slope/intercept conventions, field-of-view circle, slice spacing 1.4-5 mm at generation "
             "(thinner native slices through their noise), rare front-back and head-foot flips."
         )
-        if summary.get("finding") == "ich":
+        if summary.get("finding") == "ich" and "V" in families:
             parts.append(
-                "Anatomy varied per family-R study (inference/phantoms/variants.py): the parametric brain instead of "
-                "the MNI template for 30 %; skull base (petrous ridges, mastoid air cells, clivus, sphenoid sinus, "
-                "orbits), face and neck soft tissue, dural venous sinuses, tentorium and deep grey nuclei, each with "
-                "its own chance and density; then a smooth warp of the whole head."
+                "Family V (family R with the anatomy varied, inference/phantoms/variants.py): the parametric brain "
+                "instead of the MNI template for 30 %; skull base (petrous ridges, mastoid air cells, clivus, "
+                "sphenoid sinus, orbits), face and neck soft tissue, dural venous sinuses, tentorium and deep grey "
+                "nuclei, each with its own chance and density; then a smooth warp of the whole head."
             )
     if parts:
         summary["training"] = {**summary["training"], "lineage": " ".join(parts)}
@@ -399,7 +400,7 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     p.add_argument(
         "--family",
         default="A",
-        help="phantom generator family used for training: A, B or R (domain randomisation), or a mixture (A+R)",
+        help="training phantom family: A, B, R (domain randomisation), V (R with varied anatomy), or a mixture (A+R)",
     )
     p.add_argument("--time-budget-min", type=float, default=None, help="stop training after this many minutes")
     p.add_argument("--cache", type=Path, default=None, help="keep generated samples here for later runs")
@@ -422,8 +423,8 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     a = p.parse_args(argv)
     if a.architecture and ARCHITECTURES[a.architecture].finding != a.finding:
         p.error(f"--architecture {a.architecture} is not for --finding {a.finding}")
-    if not set(a.family.split("+")) <= {"A", "B", "R"}:
-        p.error("--family is A, B or R (randomised), or a mixture such as A+R; C is kept for evaluation only")
+    if not set(a.family.split("+")) <= {"A", "B", "R", "V"}:
+        p.error("--family is A, B, R, V (R with varied anatomy) or a mixture such as A+R; C is for evaluation only")
     if a.epochs < 0 or (a.epochs == 0 and a.init is None):
         p.error("--epochs must be at least 1, or 0 with --init (weights to calibrate)")
     if a.finding != "ich" and (a.mine_hard_negatives or a.repeat_small):

@@ -74,7 +74,7 @@ def generate_cta(
         family=family,
         shape=shape,
         slice_thickness_mm=slice_thickness_mm,
-        coverage_mm=(80.0, 170.0) if family == "R" else (110.0, 150.0),
+        coverage_mm=(80.0, 170.0) if family in scanner.RANDOMISED else (110.0, 150.0),
     )
     pose = draw_pose(rng, family=family, tilt=3.0 if hard_negative == "tilt" else 1.0)
     head = heads.head_model(kind, heads.resolution_for(scan.spacing_mm))
@@ -90,7 +90,7 @@ def generate_cta(
     volume[(volume > -15.0) & (volume < 60.0)] += np.float32(rng.uniform(2.0, 6.0))  # parenchymal enhancement
     canvas = Canvas(head, grid, volume, np.zeros(shape, dtype=bool))
     tree = build_tree()
-    wide = family == "R"
+    wide = family in scanner.RANDOMISED
     _warp_tree(tree, rng, wide=wide)
     variants = _apply_variants(tree, rng)
     plan = _plan(rng, tree, positive, subtype, hard_negative, wide=wide)

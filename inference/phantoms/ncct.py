@@ -15,7 +15,7 @@ from inference.phantoms.types import Phantom
 
 _STREAM = 0x1C4  # keeps NCCT draws apart from CTA draws for the same seed
 _HARD_SHARE = 0.45  # share of negatives built around a mimic
-_PARAMETRIC_SHARE = 0.3  # family R: share of studies on the parametric brain instead of the template
+_PARAMETRIC_SHARE = 0.3  # family V: share of studies on the parametric brain instead of the template
 _INCIDENTAL = (("pineal_calcification", 0.3), ("choroid_calcification", 0.2), ("dense_falx", 0.15))
 
 
@@ -39,7 +39,7 @@ def generate_ncct(
     family = scanner.check_family(family)
     positive, subtype, hard_negative = _decide(rng, positive, subtype, hard_negative)
     kind = resolve_anatomy(anatomy)
-    if family == "R" and anatomy == "auto" and rng.random() < _PARAMETRIC_SHARE:
+    if family == "V" and anatomy == "auto" and rng.random() < _PARAMETRIC_SHARE:
         kind = "parametric"  # a second, differently built brain
     scan = scanner.draw_scanner(
         rng,
@@ -47,11 +47,11 @@ def generate_ncct(
         family=family,
         shape=shape,
         slice_thickness_mm=slice_thickness_mm,
-        coverage_mm=(90.0, 200.0) if family == "R" else (140.0, 175.0),
+        coverage_mm=(90.0, 200.0) if family in scanner.RANDOMISED else (140.0, 175.0),
     )
     pose = draw_pose(rng, family=family)
     canvas = _base_canvas(rng, kind, scan, pose, shape, family)
-    varied = variants.paint_anatomy(canvas, rng) if family == "R" else []
+    varied = variants.paint_anatomy(canvas, rng) if family == "V" else []
     incidental = _paint_incidental(canvas, rng)
     finding: dict[str, object] = {}
     if positive:
@@ -62,9 +62,9 @@ def generate_ncct(
     volume = canvas.volume
     volume[volume > -200] += np.float32(rng.normal(0.0, 1.5 if family == "A" else 3.0))
     acquisition: dict[str, object] = {}
-    if family == "R":
+    if family == "V":
         volume, canvas.mask, acquisition["warp_mm"] = variants.warp(volume, canvas.mask, rng, scan.spacing_mm)
-    if not clean and family == "R":
+    if not clean and family in scanner.RANDOMISED:
         if hard_negative == "beam_hardening":
             mimics.beam_hardening(volume, canvas, rng, float(rng.uniform(0.35, 1.0)))
         volume, acquired = randomise.acquire(

@@ -23,6 +23,9 @@ _VENDORS: dict[str, list[tuple[str, str, list[tuple[str, float]]]]] = {
 }
 # Family R (randomised, for training): any of the above; ``randomise.acquire`` draws kernel and noise itself.
 _VENDORS["R"] = _VENDORS["A"] + _VENDORS["B"]
+# Family V: family R with the anatomy varied too (``variants``; NCCT only, a CTA of family V is one of family R).
+_VENDORS["V"] = _VENDORS["R"]
+RANDOMISED = ("R", "V")
 _INTERCEPTS = (-1024.0, -1024.0, -1000.0, 0.0)
 FAMILIES = tuple(_VENDORS)
 
@@ -82,7 +85,7 @@ def draw_scanner(
     else:
         thickness = float(slice_thickness_mm)
         spacing_z = thickness
-    if family == "R":
+    if family in RANDOMISED:
         thickness = float(np.clip(spacing_z * rng.uniform(1.0, 2.0), 0.5, 5.0))
     fov = float(rng.uniform(200.0, 250.0) if kind == "ncct" else rng.uniform(190.0, 240.0))
     pixel = fov / shape[2]

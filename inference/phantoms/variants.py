@@ -1,6 +1,6 @@
-"""Anatomical variation for family R: what a real head brings that the shared head model (a smooth skull shell around
-the MNI template or the parametric brain) lacks, so that a model cannot learn "anything dense outside the template's
-shape is blood".
+"""Anatomical variation for family V (family R with the anatomy varied too): what a real head brings that the shared
+head model (a smooth skull shell around the MNI template or the parametric brain) lacks, so that a model cannot learn
+"anything dense outside the template's shape is blood".
 
 ``paint_anatomy`` adds, each with its own probability, size and density drawn per study:
 
@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 from inference.phantoms.anatomy import DIST_IN
 from inference.phantoms.scene import Canvas, Painter, Region, edge, smooth_wobble
 
-# name → (low, high, unit, source); model cards quote them beside randomise.RANGES.
+# name → (low, high, unit, source); a card trained on family V quotes them beside randomise.RANGES.
 ANATOMY_RANGES: dict[str, tuple[float, float, str, str]] = {
     "venous_sinus_hu": (38.0, 68.0, "HU", "circulating blood 40-60 HU, higher with a high haematocrit"),
     "muscle_hu": (35.0, 65.0, "HU", "skeletal muscle 35-55 HU at 120 kVp, widened"),

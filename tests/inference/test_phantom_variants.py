@@ -1,4 +1,4 @@
-"""Family R's anatomical variation: skull base, face, venous sinuses, tentorium, deep grey nuclei and a smooth warp."""
+"""Family V (family R with the anatomy varied): skull base, face, sinuses, tentorium, deep grey nuclei and a warp."""
 
 from __future__ import annotations
 
@@ -87,9 +87,9 @@ def test_warp_moves_the_mask_with_the_volume() -> None:
     assert (bent[bent_mask] > 40.0).mean() > 0.95
 
 
-def test_family_r_records_its_variations_and_stays_deterministic() -> None:
-    a = generate_ncct(8, positive=False, family="R", shape=(16, 48, 48))
-    b = generate_ncct(8, positive=False, family="R", shape=(16, 48, 48))
+def test_family_v_records_its_variations_and_stays_deterministic() -> None:
+    a = generate_ncct(8, positive=False, family="V", shape=(16, 48, 48))
+    b = generate_ncct(8, positive=False, family="V", shape=(16, 48, 48))
 
     np.testing.assert_array_equal(a.volume_hu, b.volume_hu)
     assert isinstance(a.meta["anatomy_variants"], list)
@@ -99,6 +99,13 @@ def test_family_r_records_its_variations_and_stays_deterministic() -> None:
 
 def test_family_a_is_untouched_by_the_variations() -> None:
     p = generate_ncct(8, positive=False, family="A", shape=(16, 48, 48))
+
+    assert p.meta["anatomy_variants"] == []
+    assert "warp_mm" not in p.meta["acquisition"]
+
+
+def test_family_r_is_as_it_was_without_the_variations() -> None:
+    p = generate_ncct(8, positive=False, family="R", shape=(16, 48, 48))
 
     assert p.meta["anatomy_variants"] == []
     assert "warp_mm" not in p.meta["acquisition"]

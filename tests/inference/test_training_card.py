@@ -33,10 +33,10 @@ def test_a_mixture_with_family_r_lists_the_ranges_too() -> None:
     assert set(summary["randomisation"]) == set(RANGES)
 
 
-def test_an_ich_card_also_lists_the_anatomical_variation() -> None:
+def test_an_ich_card_on_family_v_also_lists_the_anatomical_variation() -> None:
     from inference.phantoms.variants import ANATOMY_RANGES
 
-    summary = with_card_notes({"finding": "ich", "training": {"generator_family": "A+R"}}, "A+R", None)
+    summary = with_card_notes({"finding": "ich", "training": {"generator_family": "A+V"}}, "A+V", None)
 
     assert set(summary["randomisation"]) == set(RANGES) | set(ANATOMY_RANGES)
     assert "skull base" in summary["training"]["lineage"]
