@@ -8,9 +8,9 @@ the phantom generator, copied with new UIDs), stored with ``POST /instances`` an
 
 Phases, all in one run:
 1. warm-up: two studies, so that each ingest worker has loaded the model (reported, not counted);
-2. paced: ``BENCH_E2E_STUDIES`` (20) studies, one started every 2 s. Per study: store complete → first worklist
-   item event with findings (a logged-in WebSocket client), and → the EMR's 2xx (``OutboxMessage.sent_at``,
-   recorded by the outbox worker when the FHIR server answered);
+2. paced: ``BENCH_E2E_STUDIES`` (20) studies, one started every ``BENCH_E2E_INTERVAL_S`` (2) s. Per study: store
+   complete → first worklist item event with findings (a logged-in WebSocket client), and → the EMR's 2xx
+   (``OutboxMessage.sent_at``, recorded by the outbox worker when the FHIR server answered);
 3. baseline: the bare cost of the same work in a process set up like an ingest worker (freed memory kept, as many
    torch threads as one ingest worker gets): one WADO-RS series download (dicomweb-client), ``assemble_volume``
    and one ``ModelRunner("ich").run``;
@@ -60,7 +60,7 @@ STUDIES = int(os.environ.get("BENCH_E2E_STUDIES", "20"))
 BURST = int(os.environ.get("BENCH_E2E_BURST", "100"))
 BARE_REPEATS = int(os.environ.get("BENCH_E2E_BARE_REPEATS", "3"))
 DEADLINE_S = float(os.environ.get("BENCH_E2E_DEADLINE_S", "900"))  # the longest a phase waits for its last event
-INTERVAL_S = 2.0
+INTERVAL_S = float(os.environ.get("BENCH_E2E_INTERVAL_S", "2"))  # one study started every this many seconds
 WARMUP = 2
 STAGES = ("discover", "model", "fetch", "infer", "key_image", "record")
 TARGETS = {"event_p95_s": 3.0, "fhir_p95_s": 5.0, "studies_per_hour": 1000.0, "e2e_over_bare": 1.3}
