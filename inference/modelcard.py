@@ -267,12 +267,17 @@ def class_histograms(card: dict[str, Any]) -> tuple[list[float], np.ndarray, np.
     else:
         cal = card["validation"]["calibration"]
         edges = [float(e) for e in cal["bin_edges"]]
-        counts = np.asarray(cal["counts"], dtype=np.float64)
-        rate = np.asarray([r if r is not None else 0.0 for r in cal["observed_rate"]], dtype=np.float64)
-        pos, neg = counts * rate, counts * (1.0 - rate)
+        pos, neg = _calibration_classes(cal)
     if not (len(edges) == pos.size + 1 == neg.size + 1) or pos.sum() <= 0 or neg.sum() <= 0:
         raise ValueError("Model card histograms need bin_edges one longer than the counts and both classes")
     return edges, pos, neg
+
+
+def _calibration_classes(cal: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Positives and negatives per calibration bin: its count times its observed rate, and the rest."""
+    counts = np.asarray(cal["counts"], dtype=np.float64)
+    rate = np.asarray([r if r is not None else 0.0 for r in cal["observed_rate"]], dtype=np.float64)
+    return counts * rate, counts * (1.0 - rate)
 
 
 def _operating_point(card: dict[str, Any]) -> tuple[float, float]:
@@ -296,9 +301,8 @@ def reference_from_evaluations(card: dict[str, Any], sections: list[str]) -> dic
         cal = ev["calibration"]
         if cal["bin_edges"] != edges:
             raise ValueError("Evaluation sections have different calibration bins")
-        counts = np.asarray(cal["counts"], dtype=np.float64)
-        rate = np.asarray([r if r is not None else 0.0 for r in cal["observed_rate"]], dtype=np.float64)
-        pos, neg = pos + counts * rate, neg + counts * (1.0 - rate)
+        ev_pos, ev_neg = _calibration_classes(cal)
+        pos, neg = pos + ev_pos, neg + ev_neg
         op = ev["operating_point"]
         tp, fn, tn, fp = tp + op["tp"], fn + op["fn"], tn + op["tn"], fp + op["fp"]
     return {

@@ -335,13 +335,13 @@ PHANTOM_FIGURES = (
 )
 
 
-def randomisation_notes(finding: str) -> dict[str, dict[str, Any]]:
-    """The family-R ranges with their units and sources, as the card's ``randomisation`` section; for ICH on family V
-    also the anatomical variation (``inference/phantoms/variants.py``)."""
+def randomisation_notes(*, anatomy: bool) -> dict[str, dict[str, Any]]:
+    """The family-R ranges with their units and sources, as the card's ``randomisation`` section; with ``anatomy``
+    (ICH on family V) also the anatomical variation (``inference/phantoms/variants.py``)."""
     from inference.phantoms.randomise import RANGES
     from inference.phantoms.variants import ANATOMY_RANGES
 
-    ranges = {**RANGES, **ANATOMY_RANGES} if finding == "ich" else RANGES
+    ranges = {**RANGES, **ANATOMY_RANGES} if anatomy else RANGES
     return {k: {"low": lo, "high": hi, "unit": unit, "source": src} for k, (lo, hi, unit, src) in ranges.items()}
 
 
@@ -350,9 +350,12 @@ def with_card_notes(summary: dict[str, Any], family: str, lineage: str | None) -
     summary = {**summary, "limits": [*LIMITS, PHANTOM_FIGURES]}
     parts = [lineage] if lineage else []
     parts.append(AUGMENTATION_NOTE)
+    from inference.phantoms.scanner import RANDOMISED
+
     families = set(family.split("+"))
-    if families & {"R", "V"}:
-        ranges = randomisation_notes(summary.get("finding", "") if "V" in families else "")
+    anatomy = summary.get("finding") == "ich" and "V" in families
+    if families & set(RANDOMISED):
+        ranges = randomisation_notes(anatomy=anatomy)
         summary["randomisation"] = ranges
         listed = "; ".join(f"{k} {v['low']:g} to {v['high']:g} {v['unit']} ({v['source']})" for k, v in ranges.items())
         parts.append(
@@ -361,7 +364,7 @@ def with_card_notes(summary: dict[str, Any], family: str, lineage: str | None) -
             "and rescale slope/intercept conventions, field-of-view circle, slice spacing 1.4-5 mm at generation "
             "(thinner native slices through their noise), rare front-back and head-foot flips."
         )
-        if summary.get("finding") == "ich" and "V" in families:
+        if anatomy:
             parts.append(
                 "Family V (family R with the anatomy varied, inference/phantoms/variants.py): the parametric brain "
                 "instead of the MNI template for 30 %; skull base (petrous ridges, mastoid air cells, clivus, "

@@ -53,7 +53,9 @@ def generate(finding: str, seed: int, positive: bool | None, subtype: str | None
 
         return family_c.generate(kind, seed, positive=positive, subtype=subtype)
     options: dict[str, Any] = {"positive": positive, "subtype": subtype, "family": family}
-    if family in ("R", "V"):
+    from inference.phantoms.scanner import RANDOMISED
+
+    if family in RANDOMISED:
         from inference.phantoms.randomise import draw_shape
 
         options["shape"] = draw_shape(seed, kind)
